@@ -1,0 +1,130 @@
+"""Okapi BM25 over postings, one index per namespace.
+
+The variant is rank_bm25's ``BM25Okapi`` (what LangChain's ``BM25Retriever`` uses), so scores are
+directly comparable with it (a differential test checks this):
+
+    idf(t)   = ln(N − df + 0.5) − ln(df + 0.5), and a negative idf (df > N/2) is replaced by
+               ε · mean(idf over the vocabulary) with ε = 0.25
+    score    = Σ_{t in query} idf(t) · tf·(k1 + 1) / (tf + k1·(1 − b + b·dl/avgdl))
+
+A query term repeated in the query counts once per occurrence, as in rank_bm25.
+
+Each namespace has its own statistics (N, avgdl, df). That is part of the fence: with a shared
+index, one tenant's idf would reveal which terms another tenant's documents contain.
+
+Query cost is proportional to the postings of the query terms, never to N: the weights
+``idf · tf-norm`` are precomputed into a term-major CSR (rebuilt once after a write, lazily), the
+query's postings are concatenated, summed per document over the candidates only, and the top-k is
+an ``argpartition`` over those candidates.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["BM25Shard"]
+
+_EPSILON = 0.25
+
+
+class BM25Shard:
+    """An append-only BM25 index over rows ``0..n-1``; dead rows are excluded from statistics."""
+
+    __slots__ = (
+        "_alive", "_doc_terms", "_dirty", "_indptr", "_postings", "_vocab", "_weights", "b", "k1",
+    )
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
+        self.k1 = k1
+        self.b = b
+        self._vocab: dict[str, int] = {}
+        self._doc_terms: list[tuple[np.ndarray, np.ndarray]] = []  # per row: (term ids, counts)
+        self._alive: list[bool] = []
+        self._dirty = True
+        self._indptr = np.zeros(1, dtype=np.int64)
+        self._postings = np.zeros(0, dtype=np.int32)
+        self._weights = np.zeros(0, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self._doc_terms)
+
+    def add(self, tokens: Sequence[str]) -> int:
+        """Append a document; returns its row."""
+        counts = Counter(tokens)
+        vocab = self._vocab
+        ids = np.fromiter((vocab.setdefault(t, len(vocab)) for t in counts), dtype=np.int32,
+                          count=len(counts))
+        self._doc_terms.append((ids, np.fromiter(counts.values(), dtype=np.float32, count=len(counts))))
+        self._alive.append(True)
+        self._dirty = True
+        return len(self._doc_terms) - 1
+
+    def remove(self, row: int) -> None:
+        if self._alive[row]:
+            self._alive[row] = False
+            self._dirty = True
+
+    def _rebuild(self) -> None:
+        rows = [i for i, alive in enumerate(self._alive) if alive]
+        n_terms = len(self._vocab)
+        if not rows:
+            self._indptr = np.zeros(n_terms + 1, dtype=np.int64)
+            self._postings = np.zeros(0, dtype=np.int32)
+            self._weights = np.zeros(0, dtype=np.float32)
+            self._dirty = False
+            return
+        term_ids = np.concatenate([self._doc_terms[r][0] for r in rows])
+        tfs = np.concatenate([self._doc_terms[r][1] for r in rows]).astype(np.float64)
+        lengths = np.array([self._doc_terms[r][1].sum() for r in rows], dtype=np.float64)
+        doc_rows = np.repeat(np.asarray(rows, dtype=np.int32), [len(self._doc_terms[r][0]) for r in rows])
+        doc_len = np.repeat(lengths, [len(self._doc_terms[r][0]) for r in rows])
+        n = len(rows)
+        avgdl = float(lengths.mean())
+        df = np.bincount(term_ids, minlength=n_terms).astype(np.float64)
+        present = df > 0
+        idf = np.zeros(n_terms)
+        idf[present] = np.log(n - df[present] + 0.5) - np.log(df[present] + 0.5)
+        # rank_bm25 averages idf over the terms of the corpus, negative ones included, then floors.
+        mean_idf = float(idf[present].mean())
+        idf[present & (idf < 0)] = _EPSILON * mean_idf
+        norm = tfs * (self.k1 + 1) / (tfs + self.k1 * (1 - self.b + self.b * doc_len / avgdl))
+        weights = idf[term_ids] * norm
+        order = np.argsort(term_ids, kind="stable")
+        self._postings = doc_rows[order]
+        self._weights = weights[order].astype(np.float32)
+        self._indptr = np.zeros(n_terms + 1, dtype=np.int64)
+        np.cumsum(df, out=self._indptr[1:], casting="unsafe")
+        self._dirty = False
+
+    def scores(self, query_tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, scores)`` of every live document matching at least one query term, rows sorted."""
+        if self._dirty:
+            self._rebuild()
+        vocab = self._vocab
+        ids = [vocab[t] for t in query_tokens if t in vocab]
+        if not ids:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        indptr = self._indptr
+        spans = [(int(indptr[i]), int(indptr[i + 1])) for i in ids]
+        if len(spans) == 1:
+            s, e = spans[0]
+            return self._postings[s:e], self._weights[s:e]  # rows are sorted within a posting list
+        rows = np.concatenate([self._postings[s:e] for s, e in spans])
+        weights = np.concatenate([self._weights[s:e] for s, e in spans])
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        return uniq, np.bincount(inverse, weights=weights).astype(np.float32)
+
+    def top(self, query_tokens: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(rows, scores)`` by descending score; only rows with a positive score."""
+        rows, scores = self.scores(query_tokens)
+        positive = scores > 0
+        if not positive.all():
+            rows, scores = rows[positive], scores[positive]
+        if len(rows) > k:
+            part = np.argpartition(-scores, k - 1)[:k]
+            rows, scores = rows[part], scores[part]
+        order = np.lexsort((rows, -scores))  # ties broken by row, so results are deterministic
+        return rows[order], scores[order]

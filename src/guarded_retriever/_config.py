@@ -1,0 +1,77 @@
+"""Configuration: every weight and threshold of the guard, validated in one place."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ._exceptions import ConfigError
+
+__all__ = ["FusionWeights", "GuardConfig", "SettingsModel"]
+
+
+class SettingsModel(BaseModel):
+    """Frozen, closed pydantic model whose validation errors are :class:`ConfigError`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid {type(self).__name__}: {exc}") from None
+
+
+class FusionWeights(SettingsModel):
+    """``w_final = α·bm25 + β·dense + γ·provenance − δ·poison`` (DESIGN.md defaults)."""
+
+    alpha: float = Field(0.35, ge=0.0)
+    """Weight of the per-query normalised BM25 score."""
+    beta: float = Field(0.45, ge=0.0)
+    """Weight of the per-query normalised dense score."""
+    gamma: float = Field(0.25, ge=0.0)
+    """Weight of the provenance score (already in [0, 1])."""
+    delta: float = Field(0.40, ge=0.0)
+    """Weight of the poison score (already in [0, 1]); it is subtracted."""
+
+
+class GuardConfig(SettingsModel):
+    """Settings of the guard. Every field has a safe default; all are plain values.
+
+    Example:
+        >>> GuardConfig(tau=0.5, fusion="rrf").tau
+        0.5
+    """
+
+    tau: float = Field(0.60, gt=0.0, le=1.0)
+    """Quarantine threshold: a document or hit with ``poison_score >= tau`` is quarantined."""
+    namespace_keys: tuple[str, ...] = ("tenant_id", "product_id", "env")
+    """The keys every namespace must carry."""
+    weights: FusionWeights = FusionWeights()
+    """Linear fusion weights."""
+    fusion: Literal["linear", "rrf"] = "linear"
+    """``linear`` mixes normalised scores with the weights above; ``rrf`` is weighted reciprocal rank."""
+    rrf_c: int = Field(60, ge=1)
+    """The RRF constant: a hit at rank ``r`` (from 1) scores ``w / (r + c)``."""
+    rrf_weights: tuple[float, float] = (0.5, 0.5)
+    """RRF weights of the BM25 and dense lists."""
+    candidates: int = Field(50, ge=1)
+    """How many candidates each retriever contributes before fusion (at least ``k``)."""
+    bm25_k1: float = Field(1.5, ge=0.0)
+    bm25_b: float = Field(0.75, ge=0.0, le=1.0)
+    near_duplicate_distance: int = Field(3, ge=0, le=3)
+    """Simhash Hamming distance that counts as a near-duplicate (≤ 3: four 16-bit bands find all)."""
+    strict_namespaces: bool = False
+    """Raise :class:`NamespaceViolation` instead of dropping and counting a foreign hit."""
+    low_provenance_alert: float = Field(0.3, ge=0.0, le=1.0)
+    """Raise an outlier alert when the top candidate's provenance is below this."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        w = self.weights
+        if w.alpha + w.beta == 0:
+            raise ValueError("at least one of alpha (bm25) and beta (dense) must be positive")
+        if min(self.rrf_weights) < 0 or sum(self.rrf_weights) == 0:
+            raise ValueError("rrf_weights must be non-negative and not both zero")
+        return self

@@ -1,0 +1,165 @@
+"""Dense search with FAISS: normalised float32 vectors, inner product, one index per namespace.
+
+One index per namespace is the namespace filter "inside the index": a query only ever touches its
+own namespace's vectors, so no global top list exists that could be post-filtered wrongly.
+
+The index kind follows the namespace's size unless it is forced (``GuardConfig.dense_index``):
+
+* ``flat`` (``IndexFlatIP``, exact) up to ``ivf_threshold`` vectors (20k: about 1 ms per query);
+* ``ivf`` (``IndexIVFFlat``, nlist ≈ 4·√N, nprobe 32) above it, trained when the index is built;
+* ``hnsw`` (``IndexHNSWFlat``, M 32, efConstruction 100, efSearch 128) when asked for.
+
+Deleted rows stay in the FAISS index but are masked with an ``IDSelectorBitmap`` of live rows, so
+deletion never turns into post-filtering either. FAISS runs on one OpenMP thread: on these 2-core
+machines two threads make single queries 1.2–4× slower (research/performance.md §2.3).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+from ._exceptions import EmbeddingError
+
+__all__ = ["DenseShard", "IndexKind", "check_vectors"]
+
+IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+
+faiss.omp_set_num_threads(1)
+
+
+def check_vectors(vectors: Any, dim: int | None, n: int) -> np.ndarray:
+    """Validate and L2-normalise ``n`` embedding rows; returns a C-contiguous float32 array.
+
+    Raises:
+        EmbeddingError: wrong shape or dimension, NaN/inf, or an all-zero row.
+    """
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise EmbeddingError(f"embeddings are not numeric arrays: {exc}") from None
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise EmbeddingError(f"expected {n} embedding rows, got an array of shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise EmbeddingError(f"expected {dim}-dimensional embeddings, got {arr.shape[1]}")
+    if not np.isfinite(arr).all():
+        raise EmbeddingError("embeddings contain NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise EmbeddingError("an embedding is all zeros and cannot be normalised")
+    return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+
+class DenseShard:
+    """The vectors of one namespace and the FAISS index over them."""
+
+    __slots__ = ("_dead", "_index", "_index_rows", "_n", "_vectors", "dim", "ivf_threshold", "kind")
+
+    def __init__(self, dim: int, kind: IndexKind = "auto", ivf_threshold: int = 20_000) -> None:
+        self.dim = dim
+        self.kind = kind
+        self.ivf_threshold = ivf_threshold
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._n = 0
+        self._dead: set[int] = set()
+        self._index: Any = None
+        self._index_rows = 0  # rows already added to self._index
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The stored (normalised) vectors, one row per document row."""
+        return self._vectors[: self._n]
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append already-validated, normalised rows."""
+        need = self._n + len(vectors)
+        if need > len(self._vectors):
+            grown = np.zeros((max(need, 2 * len(self._vectors), 64), self.dim), dtype=np.float32)
+            grown[: self._n] = self._vectors[: self._n]
+            self._vectors = grown
+        self._vectors[self._n : need] = vectors
+        self._n = need
+
+    def remove(self, row: int) -> None:
+        self._dead.add(row)
+
+    def resolved_kind(self) -> Literal["flat", "ivf", "hnsw"]:
+        if self.kind != "auto":
+            return self.kind
+        return "ivf" if self._n > self.ivf_threshold else "flat"
+
+    def _ensure_index(self) -> Any:
+        kind = self.resolved_kind()
+        current = self._index
+        if current is not None and _kind_of(current) != kind:
+            current = None  # the namespace outgrew flat: rebuild as IVF
+        if current is None:
+            current = self._build(kind)
+            self._index_rows = 0
+        if self._index_rows < self._n:
+            current.add(self._vectors[self._index_rows : self._n])
+            self._index_rows = self._n
+        self._index = current
+        return current
+
+    def _build(self, kind: str) -> Any:
+        if kind == "flat":
+            return faiss.IndexFlatIP(self.dim)
+        if kind == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = 100
+            index.hnsw.efSearch = 128
+            return index
+        nlist = max(1, min(int(4 * math.sqrt(self._n)), self._n // 39))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = self.vectors
+        if len(sample) > 64 * nlist:  # k-means needs ~40–64 points per centroid, not all of them
+            sample = sample[np.random.default_rng(0).choice(len(sample), 64 * nlist, replace=False)]
+        index.train(sample)
+        index.nprobe = min(32, nlist)
+        return index
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` live ``(rows, cosines)`` for one normalised query vector."""
+        live = self._n - len(self._dead)
+        if live <= 0 or k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        index = self._ensure_index()
+        k = min(k, live)
+        q = query.reshape(1, -1)
+        if self._dead:
+            alive = np.ones(self._n, dtype=bool)
+            alive[list(self._dead)] = False
+            params = _search_params(index, faiss.IDSelectorBitmap(self._n, np.packbits(alive, bitorder="little")))
+            scores, rows = index.search(q, k, params=params)
+        else:
+            scores, rows = index.search(q, k)
+        keep = rows[0] >= 0
+        return rows[0][keep], scores[0][keep]
+
+    def similarity(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact cosine of the query with the given rows (for candidates found by BM25 only)."""
+        return self._vectors[rows] @ query
+
+
+def _kind_of(index: Any) -> str:
+    if isinstance(index, faiss.IndexIVFFlat):
+        return "ivf"
+    if isinstance(index, faiss.IndexHNSWFlat):
+        return "hnsw"
+    return "flat"
+
+
+def _search_params(index: Any, selector: Any) -> Any:
+    if isinstance(index, faiss.IndexIVFFlat):
+        return faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
+    if isinstance(index, faiss.IndexHNSWFlat):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+    return faiss.SearchParameters(sel=selector)

@@ -1,0 +1,86 @@
+"""Fusion of the BM25 and dense signals, as plain typed functions.
+
+Linear fusion (the default)::
+
+    w_final = α·bm25_n + β·dense_n + γ·provenance − δ·poison
+
+with per-query normalisation of the two retrieval signals over the candidate pool:
+
+* ``bm25_n = bm25 / max(bm25)``. BM25 has a meaningful zero (no term matches) that must stay zero,
+  and an unbounded top that depends on the query's length and rarity; dividing by the best score
+  keeps the zero and maps the best match to 1.
+* ``dense_n = (cos − min cos) / (max cos − min cos)``. Sentence-embedding cosines bunch in a narrow
+  band (0.2–0.6 for MiniLM); dividing by the maximum would squash the differences, min-max spreads
+  the pool over [0, 1]. A pool whose cosines are all equal maps to 1.
+
+Provenance and poison are already probabilities in [0, 1] and are used as they are.
+
+Weighted reciprocal-rank fusion (``rrf``) is the other mode: ``Σ wᵢ / (rankᵢ + c)`` with ranks from 1
+and ``c = 60``, the formula of LangChain's ``EnsembleRetriever`` (LlamaIndex's
+``QueryFusionRetriever`` ranks from 0 and ignores weights).
+
+Both functions dedupe by the stable id: a ranked list that repeats an id keeps its first (best)
+occurrence, and the output has each id once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+__all__ = ["dedupe", "linear_fusion", "max_normalize", "minmax_normalize", "weighted_rrf"]
+
+
+def dedupe(ids: Iterable[str]) -> list[str]:
+    """The ids in order, each once (first occurrence wins)."""
+    return list(dict.fromkeys(ids))
+
+
+def max_normalize(scores: Mapping[str, float]) -> dict[str, float]:
+    """``x / max`` over the pool; an all-zero pool stays zero."""
+    top = max(scores.values(), default=0.0)
+    if top <= 0:
+        return dict.fromkeys(scores, 0.0)
+    return {i: s / top for i, s in scores.items()}
+
+
+def minmax_normalize(scores: Mapping[str, float]) -> dict[str, float]:
+    """``(x − min) / (max − min)`` over the pool; a constant pool maps to 1."""
+    if not scores:
+        return {}
+    lo, hi = min(scores.values()), max(scores.values())
+    if hi - lo <= 1e-12:
+        return dict.fromkeys(scores, 1.0)
+    span = hi - lo
+    return {i: (s - lo) / span for i, s in scores.items()}
+
+
+def linear_fusion(
+    bm25: Mapping[str, float],
+    dense: Mapping[str, float],
+    provenance: Mapping[str, float],
+    poison: Mapping[str, float],
+    *,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    delta: float,
+) -> dict[str, float]:
+    """Fused score of every id in ``bm25 ∪ dense``; a missing signal counts as 0 after normalisation."""
+    b = max_normalize(bm25)
+    d = minmax_normalize(dense)
+    return {
+        i: alpha * b.get(i, 0.0) + beta * d.get(i, 0.0)
+        + gamma * provenance.get(i, 0.0) - delta * poison.get(i, 0.0)
+        for i in dedupe([*bm25, *dense])
+    }
+
+
+def weighted_rrf(ranked: Sequence[Sequence[str]], weights: Sequence[float], *, c: int = 60) -> dict[str, float]:
+    """Weighted reciprocal-rank fusion: ``Σ wᵢ / (rankᵢ + c)``, ranks from 1, each list deduped."""
+    if len(ranked) != len(weights):
+        raise ValueError("one weight per ranked list is required")
+    fused: dict[str, float] = {}
+    for ids, w in zip(ranked, weights, strict=True):
+        for rank, i in enumerate(dedupe(ids), start=1):
+            fused[i] = fused.get(i, 0.0) + w / (rank + c)
+    return fused

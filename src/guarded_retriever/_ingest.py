@@ -1,0 +1,329 @@
+"""The ingest pipeline: verify → canonicalise → fingerprint → score → route → record.
+
+:meth:`IngestPipeline.prepare` does all the checking and scoring and touches nothing, so a batch
+that fails anywhere leaves no trace. :meth:`IngestPipeline.commit` then writes the whole batch to
+the ledger in one transaction. The retrieval core slots its own index updates between the two
+(inside the same transaction), so the ledger and the indexes move together.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from ._canonical import canonicalize, tokenize
+from ._config import GuardConfig
+from ._exceptions import (
+    ContentHashMismatch,
+    DocumentError,
+    NamespaceFrozenError,
+    RevokedContentError,
+)
+from ._fingerprint import content_digest, content_hash, simhash64_batch
+from ._ledger import Decision, Ledger, LedgerRecord, ManifestRecord
+from ._manifest import IngestManifest, SignedManifest
+from ._namespace import Namespace, NamespaceSchema
+from ._poison import FEATURE_INDEX, FEATURES, PoisonModel, document_features
+from ._policy import Provenance, TrustPolicy
+from ._simhash_index import SimhashIndex
+
+__all__ = ["GuardDocument", "IngestPipeline", "PreparedBatch", "PreparedDocument"]
+
+MAX_ID_LENGTH = 512
+MAX_TEXT_LENGTH = 1_000_000
+_BURST = FEATURE_INDEX["near_duplicate_burst"]
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class GuardDocument:
+    """A document to ingest: a stable ``id``, its ``text`` and optional user ``metadata``.
+
+    Metadata is carried along untouched and never read for routing: a namespace key smuggled into
+    it has no effect, because the namespace is an argument of the batch.
+    """
+
+    id: str
+    text: str
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    @classmethod
+    def coerce(cls, value: Any) -> GuardDocument:
+        if isinstance(value, GuardDocument):
+            return value
+        if isinstance(value, Mapping):
+            return cls(value.get("id"), value.get("text"), value.get("metadata") or _EMPTY)  # type: ignore[arg-type]
+        if isinstance(value, tuple) and len(value) in (2, 3):
+            return cls(*value)
+        raise DocumentError(f"expected a GuardDocument, a mapping or an (id, text) tuple, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedDocument:
+    """A document after every check: what the indexes and the ledger receive."""
+
+    doc: GuardDocument
+    namespace: Namespace
+    canonical: str
+    tokens: list[str]
+    content_hash: str
+    simhash: int
+    provenance: Provenance
+    features: tuple[float, ...]
+    poison: float
+    reasons: tuple[str, ...]
+    decision: Decision
+
+    def record(self, batch_id: str) -> LedgerRecord:
+        return LedgerRecord(
+            namespace=self.namespace.key,
+            doc_id=self.doc.id,
+            manifest_id=self.provenance.manifest_id,
+            content_hash=self.content_hash,
+            simhash=self.simhash,
+            provenance=self.provenance.score,
+            poison=self.poison,
+            reasons=self.reasons,
+            decision=self.decision,
+            batch_id=batch_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A validated, scored batch that has not been written anywhere yet."""
+
+    batch_id: str
+    namespace: Namespace
+    provenance: Provenance
+    manifest: ManifestRecord | None
+    documents: tuple[PreparedDocument, ...]
+
+    @property
+    def kept(self) -> list[PreparedDocument]:
+        return [d for d in self.documents if d.decision == "main"]
+
+    @property
+    def quarantined(self) -> list[PreparedDocument]:
+        return [d for d in self.documents if d.decision == "quarantine"]
+
+
+Judge = Callable[[Sequence[str]], Sequence[float | None]]
+"""An optional second opinion (an LLM or a classifier the user supplies): given a batch's raw texts,
+a poison probability per text, or ``None`` to abstain. The final score is the larger of the model's
+and the judge's, and ``judge`` joins the reasons when it decided."""
+
+
+class IngestPipeline:
+    """Checks, scores and routes batches of documents, and records them in a :class:`Ledger`.
+
+    Args:
+        ledger: where decisions are recorded (an in-memory ledger by default).
+        policy: the trust policy; the default requires a signed manifest from a trusted signer.
+        config: thresholds and namespace keys.
+        model: the poison model; the shipped one by default.
+        judge: an optional second opinion, see :data:`Judge`.
+    """
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger | None = None,
+        policy: TrustPolicy | None = None,
+        config: GuardConfig | None = None,
+        model: PoisonModel | None = None,
+        judge: Judge | None = None,
+    ) -> None:
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.policy = policy if policy is not None else TrustPolicy()
+        self.config = config if config is not None else GuardConfig()
+        self.model = model if model is not None else PoisonModel.default()
+        self.judge = judge
+        self.schema = NamespaceSchema(self.config.namespace_keys)
+        self._simhashes: dict[str, SimhashIndex] = {}
+        self._load_simhashes()
+
+    def _load_simhashes(self) -> None:
+        for rec in self.ledger.documents():
+            self._simhash_index(rec.namespace).add(rec.doc_id, rec.simhash)
+
+    def _simhash_index(self, namespace: str) -> SimhashIndex:
+        index = self._simhashes.get(namespace)
+        if index is None:
+            index = self._simhashes[namespace] = SimhashIndex(self.config.near_duplicate_distance)
+        return index
+
+    # -- prepare: all checks, no writes ---------------------------------------------------------
+
+    def prepare(
+        self,
+        documents: Iterable[GuardDocument | Mapping[str, Any] | tuple[str, str]],
+        *,
+        namespace: Namespace | Mapping[str, Any] | str,
+        manifest: SignedManifest | IngestManifest | Mapping[str, Any] | bytes | str | None = None,
+    ) -> PreparedBatch:
+        """Validate, verify, fingerprint and score a batch without writing anything.
+
+        Raises:
+            NamespaceError: the namespace is missing or malformed.
+            NamespaceFrozenError: the namespace accepts no writes.
+            DocumentError: a document is malformed, duplicated in the batch, or revoked.
+            ManifestError: the manifest is missing, untrusted, tampered, or does not list a text.
+        """
+        ns = self.schema.parse(namespace)
+        if self.ledger.is_frozen(ns.key):
+            raise NamespaceFrozenError(f"namespace {ns.key!r} is frozen")
+        docs = self._validate_documents(documents)
+        provenance = self.policy.vouch(manifest)
+        body = self._manifest_body(manifest)
+        if body is not None and body.manifest_id in self.ledger.revoked("manifest"):
+            raise RevokedContentError(f"manifest {body.manifest_id} has been revoked")
+
+        canon = [canonicalize(d.text) for d in docs]
+        hashes = [content_hash(c) for c in canon]
+        for d, c, h in zip(docs, canon, hashes, strict=True):
+            if not c:
+                raise DocumentError("text is empty after canonicalisation", doc_id=d.id)
+        if body is not None:
+            vouched = body.vouches_for()
+            for d, c, h in zip(docs, canon, hashes, strict=True):
+                digest = vouched.get(h)
+                if digest is None or digest != content_digest(c):
+                    raise ContentHashMismatch("the manifest does not list this text", doc_id=d.id)
+        revoked = self.ledger.revoked("content_hash")
+        for d, h in zip(docs, hashes, strict=True):
+            if h in revoked:
+                raise RevokedContentError(f"content hash {h} has been revoked", doc_id=d.id)
+
+        tokens = [tokenize(c) for c in canon]
+        simhashes = simhash64_batch(tokens)
+        features = np.zeros((len(docs), len(FEATURES)))
+        for i, (d, c, t) in enumerate(zip(docs, canon, tokens, strict=True)):
+            features[i, : _BURST] = document_features(d.text, c, t)[:_BURST]
+        features[:, _BURST] = self._burst(ns.key, [d.id for d in docs], simhashes)
+
+        judged = self.judge([d.text for d in docs]) if self.judge is not None else None
+        if judged is not None and len(judged) != len(docs):
+            raise DocumentError(f"the judge returned {len(judged)} scores for {len(docs)} documents")
+        tau = self.config.tau
+        prepared = []
+        for i, d in enumerate(docs):
+            row = tuple(features[i].tolist())
+            score, reasons = self.model.score(row)
+            verdict = judged[i] if judged is not None else None
+            if verdict is not None and verdict > score:
+                score, reasons = float(verdict), (*reasons, "judge")
+            prepared.append(
+                PreparedDocument(
+                    doc=d, namespace=ns, canonical=canon[i], tokens=tokens[i], content_hash=hashes[i],
+                    simhash=int(simhashes[i]), provenance=provenance, features=row,
+                    poison=round(score, 6), reasons=reasons,
+                    decision="quarantine" if score >= tau else "main",
+                )
+            )
+        return PreparedBatch(
+            batch_id=uuid.uuid4().hex,
+            namespace=ns,
+            provenance=provenance,
+            manifest=self._manifest_record(manifest, body, provenance),
+            documents=tuple(prepared),
+        )
+
+    @staticmethod
+    def _validate_documents(documents: Iterable[Any]) -> list[GuardDocument]:
+        if isinstance(documents, str | bytes | Mapping):
+            raise DocumentError("expected a sequence of documents, not a single one")
+        try:
+            docs = [GuardDocument.coerce(d) for d in documents]
+        except TypeError as exc:
+            raise DocumentError(f"malformed document: {exc}") from None
+        if not docs:
+            raise DocumentError("the batch is empty")
+        seen: set[str] = set()
+        for d in docs:
+            if not isinstance(d.id, str) or not d.id or len(d.id) > MAX_ID_LENGTH:
+                raise DocumentError(f"id must be a non-empty string of at most {MAX_ID_LENGTH} characters, got {d.id!r}")
+            if d.id in seen:
+                raise DocumentError("id appears twice in the batch", doc_id=d.id)
+            seen.add(d.id)
+            if not isinstance(d.text, str):
+                raise DocumentError(f"text must be str, got {type(d.text).__name__}", doc_id=d.id)
+            if len(d.text) > MAX_TEXT_LENGTH:
+                raise DocumentError(f"text is longer than {MAX_TEXT_LENGTH} characters", doc_id=d.id)
+            if not isinstance(d.metadata, Mapping):
+                raise DocumentError("metadata must be a mapping", doc_id=d.id)
+            try:
+                d.id.encode("utf-8")
+                d.text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DocumentError("id or text contains a lone surrogate", doc_id=d.id) from None
+        return docs
+
+    @staticmethod
+    def _manifest_body(manifest: Any) -> IngestManifest | None:
+        if manifest is None:
+            return None
+        if isinstance(manifest, IngestManifest):
+            return manifest
+        return SignedManifest.coerce(manifest).manifest
+
+    @staticmethod
+    def _manifest_record(manifest: Any, body: IngestManifest | None, prov: Provenance) -> ManifestRecord | None:
+        if body is None:
+            return None
+        payload = manifest.to_json() if isinstance(manifest, SignedManifest) else body.canonical_json()
+        if not isinstance(manifest, SignedManifest | IngestManifest):
+            payload = SignedManifest.coerce(manifest).to_json()
+        return ManifestRecord(body.manifest_id, prov.signer, body.source_type, body.source_url, prov.signed, payload)
+
+    def _burst(self, namespace: str, ids: Sequence[str], simhashes: np.ndarray) -> np.ndarray:
+        """``near_duplicate_burst``: one near-duplicate is normal (mirrors, reposts); five are a burst."""
+        existing = self._simhashes.get(namespace)
+        batch = SimhashIndex(self.config.near_duplicate_distance)
+        out = np.zeros(len(ids))
+        values = [int(s) for s in simhashes]
+        for doc_id, h in zip(ids, values, strict=True):
+            batch.add(doc_id, h)
+        for i, (doc_id, h) in enumerate(zip(ids, values, strict=True)):
+            near = batch.near(h, exclude=doc_id)
+            if existing is not None:
+                near |= existing.near(h, exclude=doc_id)
+            out[i] = min(1.0, max(0, len(near) - 1) / 4)
+        return out
+
+    # -- commit: one transaction ----------------------------------------------------------------
+
+    def commit(self, batch: PreparedBatch, *, conn: Any = None) -> None:
+        """Record a prepared batch in the ledger (in ``conn``'s transaction when one is given)."""
+        self.ledger.record_batch(
+            [d.record(batch.batch_id) for d in batch.documents],
+            manifest=batch.manifest,
+            batch_id=batch.batch_id,
+            namespace=batch.namespace.key,
+            conn=conn,
+        )
+
+    def after_commit(self, batch: PreparedBatch) -> None:
+        """Update in-memory state once the batch is durable."""
+        index = self._simhash_index(batch.namespace.key)
+        for d in batch.documents:
+            index.add(d.doc.id, d.simhash)
+
+    def ingest(
+        self,
+        documents: Iterable[GuardDocument | Mapping[str, Any] | tuple[str, str]],
+        *,
+        namespace: Namespace | Mapping[str, Any] | str,
+        manifest: SignedManifest | IngestManifest | Mapping[str, Any] | bytes | str | None = None,
+    ) -> PreparedBatch:
+        """:meth:`prepare` then :meth:`commit`: the batch lands whole, or raises and lands nothing."""
+        batch = self.prepare(documents, namespace=namespace, manifest=manifest)
+        self.commit(batch)
+        self.after_commit(batch)
+        return batch
+

@@ -1,0 +1,329 @@
+"""Poison risk: named features, a calibrated combination, and the reasons that fired.
+
+Each feature maps a document (or, at query time, a candidate in the context of its query) to a
+strength in ``[0, 1]``. :class:`PoisonModel` turns a feature vector into
+``poison_score = sigmoid(bias + Σ wᵢ·xᵢ)`` and names the features whose contribution ``wᵢ·xᵢ``
+reaches :attr:`PoisonModel.reason_floor` as the *reasons*. Its weights are a small JSON artefact
+(``data/poison_model.json``); :meth:`PoisonModel.fit` refits them on labelled features (L2-regularised
+logistic regression by Newton's method) and :func:`threshold_at_fpr` picks τ from a ROC.
+
+Ingest-time features (``INGEST_FEATURES``) look at one document:
+
+``instruction_override``
+    role-override phrases (ignore / disregard / forget the previous instructions, "you are now",
+    "new instructions", "system prompt", developer mode ...).
+``assistant_directive``
+    sentences addressed to the model or about its output rather than about the subject: "in your
+    answer", "respond only with", "tell the user", "the assistant must" ... Injected tasks rarely say
+    "ignore previous instructions"; they ask the model to do something to its reply.
+``hidden_text``
+    zero-width and bidi controls, soft hyphens, mixed-script (homoglyph) words, HTML comments,
+    CSS that hides text, ``<script>`` remnants.
+``suspicious_url``
+    raw-IP hosts, ``data:``/``javascript:`` URIs, punycode hosts, high-entropy host names.
+``code_payload``
+    code that reaches out or executes: ``subprocess``, ``os.system``, ``eval``/``exec``, sockets,
+    ``curl | sh``, base64 blobs.
+``near_duplicate_burst``
+    several near-duplicates (simhash Hamming distance ≤ 3) of the document in its namespace,
+    set by the ingest pipeline.
+
+Query-time features (``QUERY_FEATURES``) exist only against a query; the retrieval core fills them:
+
+``query_echo``
+    the passage repeats the query nearly verbatim (PoisonedRAG passages open with the copied question).
+``paraphrase_cluster``
+    the passage sits in a tight cluster of mutual paraphrases among the query's candidates.
+
+Pre-filters keep the common case cheap: the regexes only run when a document contains one of their
+trigger tokens, and the hidden-text scan only runs on non-ASCII text or text with markup.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from ._canonical import INVISIBLE_CHARS
+from ._exceptions import ConfigError
+
+__all__ = [
+    "FEATURES",
+    "INGEST_FEATURES",
+    "QUERY_FEATURES",
+    "PoisonModel",
+    "document_features",
+    "threshold_at_fpr",
+]
+
+INGEST_FEATURES: tuple[str, ...] = (
+    "instruction_override",
+    "assistant_directive",
+    "hidden_text",
+    "suspicious_url",
+    "code_payload",
+    "near_duplicate_burst",
+)
+QUERY_FEATURES: tuple[str, ...] = ("query_echo", "paraphrase_cluster")
+FEATURES: tuple[str, ...] = INGEST_FEATURES + QUERY_FEATURES
+FEATURE_INDEX = {name: i for i, name in enumerate(FEATURES)}
+
+# --- instruction and directive phrases (run on canonical text: lowercase, spaces collapsed) ---
+
+_OVERRIDE_TRIGGERS = frozenset(
+    "ignore disregard forget override instructions instruction prompt jailbreak developer "
+    "pretend roleplay now".split()
+)
+_OVERRIDE = re.compile(
+    r"\b(?:ignore|disregard|forget|override|bypass|skip)\b(?:\W+\w+){0,3}?\W+"
+    r"(?:previous|prior|above|earlier|preceding|all|any|your|the|system|original)\b"
+    r"(?:\W+\w+){0,2}?\W+(?:instructions?|prompts?|rules|directions|guidelines|context|messages?)\b"
+    r"|\byou are now\b|\bfrom now on,? you\b|\bnew (?:instructions?|rules|task)\s*:"
+    r"|\bsystem prompt\b|\bdeveloper mode\b|\bjailbreak|\bdo anything now\b"
+    r"|\bpretend (?:to be|you are)\b"
+)
+
+_DIRECTIVE_TRIGGERS = frozenset(
+    "your answer answers answering response responses responding respond reply replies replying "
+    "assistant ai chatbot model llm user summary summarize summarizing output".split()
+)
+_DIRECTIVE = re.compile(
+    r"\b(?:in|to|into|within|throughout|of|for|with) your (?:answer|response|reply|output|summary|"
+    r"code|translation|message)s?\b"
+    r"|\byour (?:answer|response|reply|output)(?:'s|s)?\b"
+    r"|\b(?:respond|reply|answer)(?: only)? (?:with|in|using|by)\b"
+    r"|\b(?:when|while|before|after) (?:answering|responding|replying|summari[sz]ing)\b"
+    r"|\b(?:tell|inform|remind|ask|urge|convince) the (?:user|reader)\b"
+    r"|\bthe (?:assistant|ai|chatbot|model|llm) (?:must|should|will|shall)\b"
+    r"|\bas an? (?:ai|assistant|language model)\b"
+    r"|\b(?:append|prepend|insert|add|include) (?:the following|this)\b"
+)
+
+# --- code that reaches out or executes ---
+
+_CODE_TRIGGERS = frozenset(
+    "import subprocess os exec eval socket base64 curl wget powershell requests urllib sh bash "
+    "system popen".split()
+)
+_CODE = re.compile(
+    r"\bsubprocess\.\w+|\bos\.(?:system|popen|exec\w*)\s*\(|\b(?:eval|exec)\s*\(|\bsocket\.\w+"
+    r"|\b(?:curl|wget)\b[^|\n]{0,200}\|\s*(?:ba)?sh\b|\bpowershell\b|\bbase64\.b64decode\b"
+    r"|\b__import__\s*\(|\brequests\.(?:get|post)\s*\("
+)
+
+# --- hidden text (run on the raw text: canonicalisation removes exactly what we look for) ---
+
+_INVISIBLE = re.compile("[" + re.escape(INVISIBLE_CHARS) + "]")
+_MARKUP = re.compile(
+    r"<!--|<\s*script\b|display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0"
+    r"|opacity\s*:\s*0(?:\.0+)?\s*[;}\"']|color\s*:\s*(?:white|#fff(?:fff)?)\b",
+    re.IGNORECASE,
+)
+# A word that mixes Latin letters with Cyrillic or Greek ones is a homoglyph disguise.
+_MIXED_SCRIPT = re.compile(
+    r"\b(?=\w*[a-zA-Z])(?=\w*[\u0370-\u03ff\u0400-\u04ff])\w+\b"
+)
+
+# --- URLs ---
+
+_URL = re.compile(r"\b(?:https?|ftp)://([^\s/?#'\"<>)\]]+)|\b(?:data:[\w.+-]+/[\w.+-]+[;,]|javascript:)",
+                  re.IGNORECASE)
+_IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?$")
+
+
+def _entropy(s: str) -> float:
+    counts: dict[str, int] = {}
+    for c in s:
+        counts[c] = counts.get(c, 0) + 1
+    n = len(s)
+    return -sum(k / n * math.log2(k / n) for k in counts.values())
+
+
+def _url_risk(raw: str) -> float:
+    hits = 0
+    for m in _URL.finditer(raw):
+        host = m.group(1)
+        if host is None:  # data: or javascript: URI
+            hits += 1
+            continue
+        host = host.lower().rsplit("@", 1)[-1]
+        if _IPV4.match(host) or host.startswith("[") or "xn--" in host:
+            hits += 1
+        elif len(host) >= 20 and _entropy(host.split(":")[0]) > 4.0:
+            hits += 1
+    return min(1.0, hits / 2)
+
+
+def _hidden_risk(raw: str) -> float:
+    score = 0.0
+    if not raw.isascii():
+        invisible = len(_INVISIBLE.findall(raw))
+        if invisible:
+            score += min(1.0, invisible / 3)
+        if _MIXED_SCRIPT.search(raw):
+            score += 0.5
+    if "<" in raw or ":" in raw:
+        score += min(1.0, len(_MARKUP.findall(raw)) / 2)
+    return min(1.0, score)
+
+
+def document_features(raw: str, canonical: str, tokens: Iterable[str]) -> list[float]:
+    """The ingest-time feature strengths of one document, in ``INGEST_FEATURES`` order.
+
+    ``near_duplicate_burst`` is left at 0: only the pipeline, which sees the namespace, can set it.
+    """
+    token_set = set(tokens)
+    override = directive = code = 0.0
+    if not _OVERRIDE_TRIGGERS.isdisjoint(token_set):
+        override = min(1.0, len(_OVERRIDE.findall(canonical)) / 1)
+    if not _DIRECTIVE_TRIGGERS.isdisjoint(token_set):
+        directive = min(1.0, len(_DIRECTIVE.findall(canonical)) / 2)
+    if not _CODE_TRIGGERS.isdisjoint(token_set):
+        code = min(1.0, len(_CODE.findall(canonical)) / 2)
+    url = _url_risk(raw) if ("://" in raw or "data:" in raw or "javascript:" in raw) else 0.0
+    return [override, directive, _hidden_risk(raw), url, code, 0.0]
+
+
+@dataclass(frozen=True)
+class PoisonModel:
+    """A logistic combination of the named features, with the reasons that fired.
+
+    Attributes:
+        weights: one weight per name in :data:`FEATURES`.
+        bias: the intercept; ``sigmoid(bias)`` is the score of a document where nothing fires.
+        reason_floor: a feature is named as a reason when ``weight · strength`` reaches this.
+        provenance: where the weights come from (``prior`` or a description of the fit).
+    """
+
+    weights: tuple[float, ...]
+    bias: float
+    reason_floor: float = 0.5
+    provenance: str = "prior"
+    _w: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(FEATURES):
+            raise ConfigError(f"PoisonModel needs {len(FEATURES)} weights ({FEATURES}), got {len(self.weights)}")
+        if not all(math.isfinite(w) for w in (*self.weights, self.bias)):
+            raise ConfigError("PoisonModel weights must be finite")
+        object.__setattr__(self, "_w", np.asarray(self.weights, dtype=np.float64))
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Scores for a ``(n, len(FEATURES))`` feature matrix (missing trailing columns count as 0)."""
+        z = self.bias + x @ self._w[: x.shape[1]]
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def score(self, features: Sequence[float]) -> tuple[float, tuple[str, ...]]:
+        """``(poison_score, reasons)`` for one feature vector, reasons strongest first."""
+        z = self.bias
+        fired: list[tuple[float, str]] = []
+        for name, w, x in zip(FEATURES, self.weights, features, strict=False):
+            if x:
+                c = w * x
+                z += c
+                if c >= self.reason_floor:
+                    fired.append((c, name))
+        fired.sort(reverse=True)
+        return 1.0 / (1.0 + math.exp(-z)), tuple(name for _, name in fired)
+
+    # -- calibration hook -----------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        l2: float = 1.0,
+        sample_weight: np.ndarray | None = None,
+        provenance: str = "fitted",
+        iterations: int = 50,
+    ) -> PoisonModel:
+        """Fit weights on labelled feature vectors (``y`` is 1 for poison) by regularised Newton steps.
+
+        Args:
+            x: ``(n, len(FEATURES))`` feature strengths.
+            y: ``(n,)`` labels in {0, 1}.
+            l2: ridge penalty on the weights (not the bias); keeps rare features from exploding.
+            sample_weight: per-row weights, e.g. to balance attack families.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(FEATURES) or y.shape != (x.shape[0],):
+            raise ConfigError(f"fit needs x of shape (n, {len(FEATURES)}) and y of shape (n,)")
+        sw = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        a = np.hstack([np.ones((len(y), 1)), x])
+        beta = np.zeros(a.shape[1])
+        penalty = np.full(a.shape[1], l2)
+        penalty[0] = 0.0
+        for _ in range(iterations):
+            p = 1.0 / (1.0 + np.exp(-(a @ beta)))
+            grad = a.T @ (sw * (p - y)) + penalty * beta
+            hess = (a * (sw * p * (1 - p))[:, None]).T @ a + np.diag(penalty + 1e-9)
+            step = np.linalg.solve(hess, grad)
+            beta -= step
+            if np.max(np.abs(step)) < 1e-8:
+                break
+        return cls(tuple(float(b) for b in beta[1:]), float(beta[0]), provenance=provenance)
+
+    # -- the shipped artefact -------------------------------------------------------------------
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "features": list(FEATURES),
+                "weights": dict(zip(FEATURES, self.weights, strict=True)),
+                "bias": self.bias,
+                "reason_floor": self.reason_floor,
+                "provenance": self.provenance,
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> PoisonModel:
+        raw = json.loads(data)
+        weights = raw["weights"]
+        unknown = set(weights) - set(FEATURES)
+        if unknown:
+            raise ConfigError(f"poison model names unknown features {sorted(unknown)}")
+        return cls(
+            tuple(float(weights.get(name, 0.0)) for name in FEATURES),
+            float(raw["bias"]),
+            reason_floor=float(raw.get("reason_floor", 0.5)),
+            provenance=str(raw.get("provenance", "unknown")),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> PoisonModel:
+        return cls.from_json(Path(path).read_bytes())
+
+    @classmethod
+    def default(cls) -> PoisonModel:
+        """The model shipped with the package (``guarded_retriever/data/poison_model.json``)."""
+        return cls.from_json(resources.files("guarded_retriever").joinpath("data/poison_model.json").read_bytes())
+
+
+def threshold_at_fpr(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> float:
+    """The lowest τ whose false-positive rate on the negatives stays at or below ``target_fpr``.
+
+    A document is flagged when ``score >= τ``, so τ sits just above the negative score that would
+    push the false-positive rate over the target.
+    """
+    neg = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(labels) == 0])[::-1]
+    if len(neg) == 0:
+        return 0.0
+    allowed = int(math.floor(target_fpr * len(neg)))
+    if allowed >= len(neg):
+        return 0.0
+    return float(np.nextafter(neg[allowed], np.inf))

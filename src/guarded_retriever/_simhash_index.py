@@ -1,0 +1,61 @@
+"""Near-duplicate look-up over simhash-64 fingerprints.
+
+Four 16-bit bands: two fingerprints within Hamming distance 3 differ in at most 3 bands, so by the
+pigeonhole principle they agree exactly on at least one band and a band look-up finds every pair.
+Candidates found through a band are then checked for their true distance.
+"""
+
+from __future__ import annotations
+
+from ._fingerprint import hamming
+
+__all__ = ["SimhashIndex"]
+
+_BANDS = 4
+_BAND_BITS = 16
+_BAND_MASK = (1 << _BAND_BITS) - 1
+
+
+class SimhashIndex:
+    """Maps ``(band, 16-bit value)`` to the ids whose fingerprint has it."""
+
+    __slots__ = ("_bands", "_hashes", "max_distance")
+
+    def __init__(self, max_distance: int = 3) -> None:
+        if not 0 <= max_distance < _BANDS:
+            raise ValueError(f"max_distance must be in [0, {_BANDS - 1}] for {_BANDS} bands")
+        self.max_distance = max_distance
+        self._bands: dict[tuple[int, int], set[str]] = {}
+        self._hashes: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def add(self, doc_id: str, simhash: int) -> None:
+        self.discard(doc_id)
+        self._hashes[doc_id] = simhash
+        for b in range(_BANDS):
+            key = (b, (simhash >> (b * _BAND_BITS)) & _BAND_MASK)
+            self._bands.setdefault(key, set()).add(doc_id)
+
+    def discard(self, doc_id: str) -> None:
+        old = self._hashes.pop(doc_id, None)
+        if old is None:
+            return
+        for b in range(_BANDS):
+            key = (b, (old >> (b * _BAND_BITS)) & _BAND_MASK)
+            ids = self._bands.get(key)
+            if ids is not None:
+                ids.discard(doc_id)
+                if not ids:
+                    del self._bands[key]
+
+    def near(self, simhash: int, *, exclude: str | None = None) -> set[str]:
+        """Ids whose fingerprint is within ``max_distance`` bits of ``simhash``."""
+        found: set[str] = set()
+        for b in range(_BANDS):
+            ids = self._bands.get((b, (simhash >> (b * _BAND_BITS)) & _BAND_MASK))
+            if ids:
+                found |= ids
+        found.discard(exclude)  # type: ignore[arg-type]
+        return {i for i in found if hamming(self._hashes[i], simhash) <= self.max_distance}

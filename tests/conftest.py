@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+
+import guarded_retriever as gr
+
+NS_A = {"tenant_id": "acme", "product_id": "kb", "env": "prod"}
+NS_B = {"tenant_id": "globex", "product_id": "kb", "env": "prod"}
+
+CLEAN_TEXTS = [
+    "To reset your password open Settings, choose Security and follow the emailed link.",
+    "Invoices are issued on the first business day of each month and can be paid by card.",
+    "The public API allows 600 requests per minute per organisation before throttling.",
+]
+
+
+@pytest.fixture
+def signer() -> gr.ManifestSigner:
+    return gr.ManifestSigner.from_seed(b"\x01" * 32)
+
+
+@pytest.fixture
+def policy(signer: gr.ManifestSigner) -> gr.TrustPolicy:
+    return gr.TrustPolicy(trusted_signers={signer.public_key}, allowed_domains={"example.com"})
+
+
+@pytest.fixture
+def pipeline(policy: gr.TrustPolicy) -> gr.IngestPipeline:
+    return gr.IngestPipeline(policy=policy)
+
+
+def sign(signer: gr.ManifestSigner, texts: list[str], url: str = "https://docs.example.com/kb") -> gr.SignedManifest:
+    return signer.sign_texts(texts, source_type="web", source_url=url, hsts=True)
