@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from ._canonical import canonicalize, tokenize
 from ._config import FusionWeights, GuardConfig
+from ._contract import (
+    CITE_THEN_EXPLAIN_PROMPT,
+    contract_schema,
+    delta_s,
+    lambda_state,
+    render_prompt,
+    validate_contract,
+)
+from ._embed import Embedder, HashingEmbedder, MiniLMEmbedder, as_embedder
 from ._exceptions import (
     ConfigError,
     ContentHashMismatch,
@@ -29,7 +38,9 @@ from ._exceptions import (
     UntrustedSourceError,
 )
 from ._fingerprint import content_digest, content_hash, hamming, simhash64, simhash64_batch
-from ._ingest import GuardDocument, IngestPipeline, PreparedBatch, PreparedDocument
+from ._fusion import dedupe, linear_fusion, max_normalize, minmax_normalize, weighted_rrf
+from ._index import GuardedIndex, Hit, IngestReport, SearchResult
+from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch, PreparedDocument
 from ._ledger import Ledger, LedgerRecord
 from ._manifest import IngestManifest, ManifestSigner, SignedManifest
 from ._namespace import Namespace, NamespaceSchema
@@ -39,25 +50,33 @@ from ._policy import Provenance, TrustPolicy, provenance_score
 __version__ = "0.1.0"
 
 __all__ = [
-    "FEATURES",
+    "CITE_THEN_EXPLAIN_PROMPT",
     "ConfigError",
     "ContentHashMismatch",
     "ContractError",
     "DocumentError",
+    "Embedder",
     "EmbeddingError",
+    "FEATURES",
     "FusionWeights",
     "GuardConfig",
     "GuardDocument",
+    "GuardedIndex",
     "GuardedRetrieverError",
+    "HashingEmbedder",
+    "Hit",
     "IngestManifest",
     "IngestPipeline",
+    "IngestReport",
     "IntegrityError",
+    "Judge",
     "Ledger",
     "LedgerError",
     "LedgerRecord",
     "ManifestError",
     "ManifestRequiredError",
     "ManifestSigner",
+    "MiniLMEmbedder",
     "MissingExtraError",
     "Namespace",
     "NamespaceError",
@@ -69,19 +88,31 @@ __all__ = [
     "PreparedDocument",
     "Provenance",
     "RevokedContentError",
+    "SearchResult",
     "SignatureError",
     "SignedManifest",
     "TrustPolicy",
     "UntrustedSignerError",
     "UntrustedSourceError",
     "__version__",
+    "as_embedder",
     "canonicalize",
     "content_digest",
     "content_hash",
+    "contract_schema",
+    "dedupe",
+    "delta_s",
     "hamming",
+    "lambda_state",
+    "linear_fusion",
+    "max_normalize",
+    "minmax_normalize",
     "provenance_score",
+    "render_prompt",
     "simhash64",
     "simhash64_batch",
     "threshold_at_fpr",
     "tokenize",
+    "validate_contract",
+    "weighted_rrf",
 ]

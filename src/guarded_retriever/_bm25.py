@@ -96,7 +96,7 @@ class BM25Shard:
         self._postings = doc_rows[order]
         self._weights = weights[order].astype(np.float32)
         self._indptr = np.zeros(n_terms + 1, dtype=np.int64)
-        np.cumsum(df, out=self._indptr[1:], casting="unsafe")
+        self._indptr[1:] = np.cumsum(df.astype(np.int64))
         self._dirty = False
 
     def scores(self, query_tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

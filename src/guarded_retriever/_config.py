@@ -62,6 +62,12 @@ class GuardConfig(SettingsModel):
     bm25_b: float = Field(0.75, ge=0.0, le=1.0)
     near_duplicate_distance: int = Field(3, ge=0, le=3)
     """Simhash Hamming distance that counts as a near-duplicate (≤ 3: four 16-bit bands find all)."""
+    dense_index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    """FAISS index per namespace: ``auto`` is flat up to 20k vectors and IVF above."""
+    guard_pool: int = Field(20, ge=1)
+    """How many fused candidates beyond ``k`` the query-time guard examines."""
+    paraphrase_cosine: float = Field(0.85, gt=0.0, le=1.0)
+    """Cosine at or above which two candidates count as mutual paraphrases."""
     strict_namespaces: bool = False
     """Raise :class:`NamespaceViolation` instead of dropping and counting a foreign hit."""
     low_provenance_alert: float = Field(0.3, ge=0.0, le=1.0)

@@ -1,0 +1,547 @@
+"""``GuardedIndex``: the framework-free core that ingests through the guard and searches guarded.
+
+Search, step by step (``search``):
+
+1. parse the namespace (fail closed) and pick its shard: BM25 and FAISS only ever see that
+   namespace's rows;
+2. BM25 top-``candidates`` and dense top-``candidates``; every candidate then gets its exact score
+   from the other signal too (a BM25 look-up, or one dot product), so fusion never guesses;
+3. fuse (linear with per-query normalisation, or weighted RRF), deduped by the stable document id;
+4. the query-time guard scores the best ``k + guard_pool`` candidates again with the query-time
+   features (echo, paraphrase cluster); a candidate at or above τ goes to ``quarantined``;
+5. every hit's namespace is asserted before it leaves; a foreign hit is dropped, counted and logged
+   (or raises :class:`NamespaceViolation` in strict mode);
+6. the quarantine partition is searched the same way, and the documents withheld at ingest that
+   would have made the top-k are listed under ``quarantined`` too.
+
+Per-query glue stays in dicts, tuples and small numpy arrays: no pydantic model and no framework
+object is built on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ._canonical import canonicalize, tokenize
+from ._config import GuardConfig
+from ._contract import delta_s, lambda_state, next_fix, validate_contract
+from ._dense import check_vectors
+from ._embed import Embedder, as_embedder
+from ._exceptions import ConfigError, NamespaceViolation
+from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch
+from ._ledger import Ledger
+from ._manifest import IngestManifest, SignedManifest
+from ._namespace import Namespace
+from ._poison import FEATURES, PoisonModel
+from ._policy import TrustPolicy
+from ._query_guard import paraphrase_cluster, query_echo
+from ._store import Partition, Row, Shard
+
+__all__ = ["GuardedIndex", "Hit", "IngestReport", "SearchResult"]
+
+logger = logging.getLogger("guarded_retriever")
+
+_ECHO = FEATURES.index("query_echo")
+_CLUSTER = FEATURES.index("paraphrase_cluster")
+MAX_K = 1000
+
+
+@dataclass(slots=True)
+class Hit:
+    """One search hit with every signal that placed it, and the reasons the guard gave."""
+
+    id: str
+    text: str
+    metadata: Mapping[str, Any]
+    namespace: str
+    content_hash: str
+    source_url: str | None
+    manifest_id: str | None
+    bm25: float
+    dense: float
+    provenance: float
+    poison: float
+    fused: float
+    reasons: tuple[str, ...]
+    stage: str | None = None
+    """For quarantined hits: ``ingest`` or ``query``, where the guard withheld it."""
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {"bm25": self.bm25, "dense": self.dense, "provenance": self.provenance,
+                "poison": self.poison, "fused": self.fused}
+
+
+@dataclass(slots=True)
+class SearchResult:
+    """What a guarded search returns: kept hits, quarantined hits, ΔS per stage and alerts."""
+
+    query: str
+    namespace: str
+    kept: list[Hit]
+    quarantined: list[Hit]
+    delta_s: dict[str, float]
+    lambda_state: str
+    alerts: list[str] = field(default_factory=list)
+    violations: int = 0
+
+    def contract(self, *, citation_chars: int = 600) -> dict[str, Any]:
+        """The cite-then-explain contract (a dict that validates against the shipped schema)."""
+        return {
+            "version": "1",
+            "query": self.query,
+            "namespace": self.namespace,
+            "kept": [
+                {"snippet_id": h.id, "source_url": h.source_url, "content_hash": h.content_hash,
+                 "scores": h.scores, "reasons": list(h.reasons), "citation": h.text[:citation_chars]}
+                for h in self.kept
+            ],
+            "quarantined": [
+                {"snippet_id": h.id, "reason": h.reasons[0] if h.reasons else "poison_score",
+                 "reasons": list(h.reasons), "poison": h.poison, "stage": h.stage or "query"}
+                for h in self.quarantined
+            ],
+            "ΔS": self.delta_s["quarantine"],
+            "ΔS_stages": dict(self.delta_s),
+            "λ_state": self.lambda_state,
+            "next_fix": next_fix(kept=len(self.kept), quarantined=len(self.quarantined),
+                                 final=self.delta_s["quarantine"],
+                                 state=self.lambda_state,  # type: ignore[arg-type]
+                                 alerts=self.alerts),
+            "alerts": list(self.alerts),
+        }
+
+    def contract_json(self, *, validate: bool = False) -> bytes:
+        payload = self.contract()
+        if validate:
+            validate_contract(payload)
+        return orjson.dumps(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestReport:
+    """The outcome of one :meth:`GuardedIndex.add` batch."""
+
+    batch_id: str
+    namespace: str
+    kept: tuple[str, ...]
+    quarantined: tuple[tuple[str, float, tuple[str, ...]], ...]
+
+
+class GuardedIndex:
+    """A guarded hybrid (BM25 + FAISS) index with per-namespace shards and a quarantine.
+
+    Args:
+        embedder: a LangChain ``Embeddings``, a LlamaIndex embed model, a callable, or ``None`` when
+            every batch and query brings its own vectors.
+        dim: the embedding dimension; learnt from the first batch when not given.
+        config: weights, τ, fusion mode and index choices.
+        policy: the ingest trust policy (signed manifests from allowlisted keys by default).
+        ledger: the decision ledger (in memory by default).
+        model: the poison model (the shipped one by default).
+        judge: an optional second opinion at ingest, see :data:`guarded_retriever.Judge`.
+
+    Example:
+        >>> from guarded_retriever import GuardedIndex, TrustPolicy
+        >>> from guarded_retriever.testing import HashingEmbedder
+        >>> index = GuardedIndex(HashingEmbedder(), policy=TrustPolicy(manifest_required=False))
+        >>> ns = {"tenant_id": "acme", "product_id": "kb", "env": "prod"}
+        >>> _ = index.add([("d1", "Reset your password from the Settings page.")], namespace=ns)
+        >>> [h.id for h in index.search("reset password", namespace=ns, k=1).kept]
+        ['d1']
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder | Any | None = None,
+        *,
+        dim: int | None = None,
+        config: GuardConfig | None = None,
+        policy: TrustPolicy | None = None,
+        ledger: Ledger | None = None,
+        model: PoisonModel | None = None,
+        judge: Judge | None = None,
+    ) -> None:
+        self.config = config if config is not None else GuardConfig()
+        self.embedder = as_embedder(embedder) if embedder is not None else None
+        self.dim = dim
+        self.pipeline = IngestPipeline(ledger=ledger, policy=policy, config=self.config, model=model,
+                                       judge=judge)
+        c = self.config
+        self.main = Partition("main", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
+        self.quarantine = Partition("quarantine", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
+        self.stats: dict[str, int] = {"queries": 0, "namespace_violations": 0, "quarantined_at_query": 0}
+        self._write_lock = threading.Lock()
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.pipeline.ledger
+
+    @property
+    def model(self) -> PoisonModel:
+        return self.pipeline.model
+
+    def __len__(self) -> int:
+        return len(self.main) + len(self.quarantine)
+
+    # -- ingest ---------------------------------------------------------------------------------
+
+    def add(
+        self,
+        documents: Iterable[GuardDocument | Mapping[str, Any] | tuple[str, str]],
+        *,
+        namespace: Namespace | Mapping[str, Any] | str,
+        manifest: SignedManifest | IngestManifest | Mapping[str, Any] | bytes | str | None = None,
+        vectors: Any = None,
+    ) -> IngestReport:
+        """Ingest one batch through the guard: it lands whole in the ledger and the indexes, or not at all.
+
+        Args:
+            documents: ``GuardDocument``s, ``{"id", "text", "metadata"}`` mappings or ``(id, text)``.
+            namespace: the batch's namespace; document metadata can never override it.
+            manifest: the batch's signed manifest (see :class:`TrustPolicy`).
+            vectors: precomputed embeddings, one row per document; otherwise the embedder is used.
+
+        Raises:
+            GuardedRetrieverError: any subclass; nothing was written.
+        """
+        batch = self.pipeline.prepare(documents, namespace=namespace, manifest=manifest)
+        texts = [d.doc.text for d in batch.documents]
+        if vectors is None:
+            if self.embedder is None:
+                raise ConfigError("no embedder configured: pass vectors= with every batch")
+            vectors = self.embedder.embed_documents(texts)
+        vecs = check_vectors(vectors, self.dim, len(texts))
+        with self._write_lock:
+            if self.dim is None:
+                self.dim = vecs.shape[1]
+            with self.ledger.transaction() as tx:
+                self.pipeline.commit(batch, conn=tx)
+                self._apply(batch, vecs)
+            self.pipeline.after_commit(batch)
+        return IngestReport(
+            batch_id=batch.batch_id,
+            namespace=batch.namespace.key,
+            kept=tuple(d.doc.id for d in batch.kept),
+            quarantined=tuple((d.doc.id, d.poison, d.reasons) for d in batch.quarantined),
+        )
+
+    def _apply(self, batch: PreparedBatch, vecs: np.ndarray) -> None:
+        assert self.dim is not None
+        key = batch.namespace.key
+        prov = batch.provenance
+        main = self.main.shard(key, self.dim)
+        quarantine = self.quarantine.shard(key, self.dim)
+        for d, v in zip(batch.documents, vecs, strict=True):
+            row = Row(
+                id=d.doc.id, text=d.doc.text, canonical=d.canonical, metadata=dict(d.doc.metadata),
+                namespace=key, content_hash=d.content_hash, source_url=prov.source_url,
+                manifest_id=prov.manifest_id, provenance=prov.score, features=d.features,
+                poison=d.poison, reasons=d.reasons,
+            )
+            # A re-ingested id replaces its old version wherever that lived.
+            main.discard(row.id)
+            quarantine.discard(row.id)
+            (quarantine if d.decision == "quarantine" else main).add(row, d.tokens, v)
+
+    def delete(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str) -> int:
+        """Remove documents from both partitions of a namespace; returns how many were removed."""
+        key = self.pipeline.schema.parse(namespace).key
+        removed = 0
+        with self._write_lock:
+            for doc_id in ids:
+                for partition in (self.main, self.quarantine):
+                    shard = partition.shards.get(key)
+                    if shard is not None and shard.discard(doc_id) is not None:
+                        removed += 1
+        return removed
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def _query_vector(self, query: str, query_vector: Any) -> np.ndarray:
+        if query_vector is None:
+            if self.embedder is None:
+                raise ConfigError("no embedder configured: pass query_vector=")
+            query_vector = self.embedder.embed_query(query)
+        return check_vectors(np.asarray(query_vector, dtype=np.float32).reshape(1, -1), self.dim, 1)[0]
+
+    def _check_request(self, query: Any, namespace: Any, k: Any) -> Namespace:
+        ns = self.pipeline.schema.parse(namespace)
+        if not isinstance(query, str):
+            raise ConfigError(f"query must be str, got {type(query).__name__}")
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise ConfigError(f"k must be an int in [1, {MAX_K}], got {k!r}")
+        return ns
+
+    def search(
+        self,
+        query: str,
+        *,
+        namespace: Namespace | Mapping[str, Any] | str,
+        k: int = 4,
+        query_vector: Any = None,
+    ) -> SearchResult:
+        """Guarded hybrid search inside one namespace.
+
+        Raises:
+            NamespaceError: the namespace is missing or malformed (never defaulted).
+            NamespaceViolation: a foreign hit reached the exit and ``strict_namespaces`` is on.
+        """
+        ns = self._check_request(query, namespace, k)
+        key = ns.key
+        self.stats["queries"] += 1
+        shard = self.main.shards.get(key)
+        qshard = self.quarantine.shards.get(key)
+        if (shard is None or not len(shard)) and (qshard is None or not len(qshard)):
+            empty = {"retrieve": 1.0, "fuse": 1.0, "quarantine": 1.0}
+            return SearchResult(query, key, [], [], empty, "chaotic")
+        qc = canonicalize(query)
+        qtokens = tokenize(qc)
+        qvec = self._query_vector(query, query_vector)
+        cfg = self.config
+        n_cand = max(cfg.candidates, k)
+
+        cands = _candidates(shard, qtokens, qvec, n_cand) if shard is not None else None
+        kept: list[Hit] = []
+        quarantined: list[Hit] = []
+        alerts: list[str] = []
+        retrieve_rows: list[int] = []
+        fused_rows: list[int] = []
+        kept_rows: list[int] = []
+        violations = 0
+        norm: tuple[float, float, float] = (0.0, 0.0, 1.0)
+        if cands is not None and cands.rows.size:
+            assert shard is not None
+            retrieve_rows = cands.retrieve_rows(k)
+            fused = self._fuse(shard, cands)
+            norm = cands.normalisers()
+            order = sorted(fused, key=lambda r: (-fused[r], r))
+            fused_rows = order[:k]
+            pool = order[: k + cfg.guard_pool]
+            final_poison, reasons = self._guard(shard, pool, qc, qtokens)
+            tau = cfg.tau
+            delta = cfg.weights.delta if cfg.fusion == "linear" else 0.0
+            scored: list[tuple[float, int]] = []
+            for r in pool:
+                row = shard.rows[r]
+                p = final_poison[r]
+                f = fused[r] - delta * (p - row.poison)
+                if p >= tau:
+                    self.stats["quarantined_at_query"] += 1
+                    quarantined.append(self._hit(row, cands, r, f, p, reasons[r], "query"))
+                else:
+                    scored.append((f, r))
+            scored.sort(key=lambda t: (-t[0], t[1]))
+            top = order[0]
+            if shard.rows[top].provenance < cfg.low_provenance_alert:
+                alerts.append("low_provenance_top")
+            if final_poison[top] >= tau:
+                alerts.append("top_candidate_quarantined")
+            for f, r in scored:
+                if len(kept) == k:
+                    break
+                row = shard.rows[r]
+                if row.namespace != key:  # defence in depth: shards are per namespace already
+                    violations += 1
+                    self._violation(key, row)
+                    continue
+                kept.append(self._hit(row, cands, r, f, final_poison[r], reasons[r], None))
+                kept_rows.append(r)
+        if qshard is not None and len(qshard):
+            quarantined.extend(self._withheld(qshard, key, qtokens, qvec, k, kept, norm))
+        if violations:
+            self.stats["namespace_violations"] += violations
+        vectors = shard.dense.vectors if shard is not None else np.zeros((0, len(qvec)), np.float32)
+        stages = {
+            "retrieve": delta_s(qvec, vectors[retrieve_rows]),
+            "fuse": delta_s(qvec, vectors[fused_rows]),
+            "quarantine": delta_s(qvec, vectors[kept_rows]),
+        }
+        state = lambda_state(stages["retrieve"], stages["fuse"], stages["quarantine"], has_context=bool(kept))
+        return SearchResult(query, key, kept, quarantined, stages, state, alerts, violations)
+
+    def _fuse(self, shard: Shard, cands: _Candidates) -> dict[int, float]:
+        cfg = self.config
+        rows = cands.rows.tolist()
+        if cfg.fusion == "rrf":
+            return _rrf_rows([cands.bm25_rows.tolist(), cands.dense_rows.tolist()], cfg)
+        w = cfg.weights
+        b = cands.bm25 / cands.bm25_max if cands.bm25_max > 0 else np.zeros_like(cands.bm25)
+        lo, hi = cands.dense_min, cands.dense_max
+        d = (cands.dense - lo) / (hi - lo) if hi - lo > 1e-12 else np.ones_like(cands.dense)
+        prov = np.fromiter((shard.rows[r].provenance for r in rows), dtype=np.float64, count=len(rows))
+        poison = np.fromiter((shard.rows[r].poison for r in rows), dtype=np.float64, count=len(rows))
+        fused = w.alpha * b + w.beta * d + w.gamma * prov - w.delta * poison
+        return dict(zip(rows, fused.tolist(), strict=True))
+
+    def _guard(
+        self, shard: Shard, pool: Sequence[int], qc: str, qtokens: Sequence[str]
+    ) -> tuple[dict[int, float], dict[int, tuple[str, ...]]]:
+        """Re-score the pool with the query-time features; ``(poison, reasons)`` per row."""
+        vectors = shard.dense.vectors[list(pool)]
+        cluster = paraphrase_cluster(vectors, self.config.paraphrase_cosine)
+        poison: dict[int, float] = {}
+        reasons: dict[int, tuple[str, ...]] = {}
+        model = self.model
+        for i, r in enumerate(pool):
+            row = shard.rows[r]
+            echo = query_echo(qc, qtokens, row.canonical)
+            if echo == 0.0 and cluster[i] == 0.0:
+                poison[r], reasons[r] = row.poison, row.reasons
+                continue
+            features = list(row.features)
+            features[_ECHO] = echo
+            features[_CLUSTER] = float(cluster[i])
+            p, why = model.score(features)
+            if p < row.poison:  # a judge's verdict at ingest is never lowered at query time
+                p, why = row.poison, row.reasons
+            poison[r], reasons[r] = round(p, 6), why
+        return poison, reasons
+
+    def _hit(self, row: Row, cands: _Candidates, r: int, fused: float, poison: float,
+             reasons: tuple[str, ...], stage: str | None) -> Hit:
+        i = cands.index_of(r)
+        return Hit(row.id, row.text, row.metadata, row.namespace, row.content_hash, row.source_url,
+                   row.manifest_id, float(cands.bm25[i]), float(cands.dense[i]), row.provenance,
+                   poison, round(fused, 6), reasons, stage)
+
+    def _withheld(self, qshard: Shard, key: str, qtokens: Sequence[str], qvec: np.ndarray, k: int,
+                  kept: Sequence[Hit], norm: tuple[float, float, float]) -> list[Hit]:
+        """Documents quarantined at ingest that would have made this query's top-k."""
+        cands = _candidates(qshard, qtokens, qvec, k)
+        if cands is None or not cands.rows.size:
+            return []
+        w = self.config.weights
+        bmax, dmin, dspan = norm
+        if bmax <= 0:
+            bmax = max(cands.bm25_max, 1e-12)
+        if dspan <= 1e-12:
+            dmin, dspan = cands.dense_min, max(cands.dense_max - cands.dense_min, 1e-12)
+        floor = min((w.alpha * h.bm25 / bmax + w.beta * (h.dense - dmin) / dspan + w.gamma * h.provenance
+                     for h in kept), default=-np.inf) if len(kept) >= k else -np.inf
+        out = []
+        for i, r in enumerate(cands.rows.tolist()):
+            row = qshard.rows[r]
+            if row.namespace != key:
+                self._violation(key, row)
+                continue
+            relevance = (w.alpha * min(1.0, cands.bm25[i] / bmax)
+                         + w.beta * min(1.0, max(0.0, (cands.dense[i] - dmin) / dspan))
+                         + w.gamma * row.provenance)
+            if relevance >= floor:
+                out.append(self._hit(row, cands, r, relevance - w.delta * row.poison, row.poison,
+                                     row.reasons, "ingest"))
+        return out
+
+    def _violation(self, expected: str, row: Row) -> None:
+        logger.warning("namespace violation blocked: hit %r of %r in a request for %r",
+                       row.id, row.namespace, expected)
+        if self.config.strict_namespaces:
+            raise NamespaceViolation(expected, row.namespace, row.id)
+
+    def search_quarantine(
+        self,
+        query: str,
+        *,
+        namespace: Namespace | Mapping[str, Any] | str,
+        k: int = 10,
+        query_vector: Any = None,
+    ) -> list[Hit]:
+        """Search only the quarantine of a namespace, for review; never mixed into :meth:`search`."""
+        ns = self._check_request(query, namespace, k)
+        qshard = self.quarantine.shards.get(ns.key)
+        if qshard is None or not len(qshard):
+            return []
+        qc = canonicalize(query)
+        cands = _candidates(qshard, tokenize(qc), self._query_vector(query, query_vector), k)
+        if cands is None or not cands.rows.size:
+            return []
+        fused = self._fuse(qshard, cands)
+        order = sorted(fused, key=lambda r: (-fused[r], r))[:k]
+        hits = []
+        for r in order:
+            row = qshard.rows[r]
+            if row.namespace != ns.key:
+                self._violation(ns.key, row)
+                continue
+            hits.append(self._hit(row, cands, r, fused[r], row.poison, row.reasons, "ingest"))
+        return hits
+
+    def namespaces(self) -> list[str]:
+        return sorted(set(self.main.shards) | set(self.quarantine.shards))
+
+
+def _rrf_rows(lists: Sequence[Sequence[int]], cfg: GuardConfig) -> dict[int, float]:
+    fused: dict[int, float] = {}
+    for ranked, w in zip(lists, cfg.rrf_weights, strict=True):
+        for rank, r in enumerate(ranked, start=1):
+            fused[r] = fused.get(r, 0.0) + w / (rank + cfg.rrf_c)
+    return fused
+
+
+@dataclass(slots=True)
+class _Candidates:
+    """The union of both retrievers' candidates, each with its exact BM25 and dense score."""
+
+    rows: np.ndarray
+    bm25: np.ndarray
+    dense: np.ndarray
+    n_bm25: int
+    n_dense: int
+    bm25_rows: np.ndarray
+    dense_rows: np.ndarray
+    _pos: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def bm25_max(self) -> float:
+        return float(self.bm25.max()) if self.bm25.size else 0.0
+
+    @property
+    def dense_min(self) -> float:
+        return float(self.dense.min()) if self.dense.size else 0.0
+
+    @property
+    def dense_max(self) -> float:
+        return float(self.dense.max()) if self.dense.size else 0.0
+
+    def normalisers(self) -> tuple[float, float, float]:
+        return self.bm25_max, self.dense_min, self.dense_max - self.dense_min
+
+    def index_of(self, row: int) -> int:
+        if not self._pos:
+            self._pos = {int(r): i for i, r in enumerate(self.rows.tolist())}
+        return self._pos[row]
+
+    def retrieve_rows(self, k: int) -> list[int]:
+        return list(dict.fromkeys([*self.bm25_rows[:k].tolist(), *self.dense_rows[:k].tolist()]))
+
+
+def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int) -> _Candidates | None:
+    if not len(shard):
+        return None
+    all_rows, all_scores = shard.bm25.scores(qtokens)
+    positive = all_scores > 0
+    b_rows, b_scores = all_rows[positive], all_scores[positive]
+    if len(b_rows) > n:
+        part = np.argpartition(-b_scores, n - 1)[:n]
+        b_rows, b_scores = b_rows[part], b_scores[part]
+    b_order = np.lexsort((b_rows, -b_scores))
+    b_rows = b_rows[b_order]
+    d_rows, d_scores = shard.dense.search(qvec, n)
+    d_rows = d_rows.astype(np.int32)
+    rows = np.union1d(b_rows, d_rows)
+    # Exact BM25 for every candidate: look each row up among the rows that matched any query term.
+    pos = np.searchsorted(all_rows, rows)
+    pos_c = np.minimum(pos, max(len(all_rows) - 1, 0))
+    found = (pos < len(all_rows)) & (all_rows[pos_c] == rows) if len(all_rows) else np.zeros(len(rows), bool)
+    bm25 = np.where(found, all_scores[pos_c] if len(all_rows) else 0.0, 0.0).astype(np.float64)
+    dense = shard.dense.similarity(qvec, rows).astype(np.float64)
+    return _Candidates(rows, np.maximum(bm25, 0.0), dense, len(b_rows), len(d_rows), b_rows, d_rows)
+

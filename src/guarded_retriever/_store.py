@@ -1,0 +1,91 @@
+"""Storage of guarded documents: one shard per namespace, in a main and a quarantine partition.
+
+A shard holds a namespace's documents, its BM25 index and its FAISS index, row-aligned. Rows are
+append-only; replacing or deleting a document tombstones its row, which both indexes then skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._bm25 import BM25Shard
+from ._dense import DenseShard, IndexKind
+
+__all__ = ["Partition", "Row", "Shard"]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One stored document and everything the guard concluded about it at ingest."""
+
+    id: str
+    text: str
+    canonical: str
+    metadata: Mapping[str, Any]
+    namespace: str
+    content_hash: str
+    source_url: str | None
+    manifest_id: str | None
+    provenance: float
+    features: tuple[float, ...]
+    poison: float
+    reasons: tuple[str, ...]
+
+
+class Shard:
+    """The documents of one namespace in one partition, with their BM25 and FAISS indexes."""
+
+    __slots__ = ("alive", "bm25", "dense", "namespace", "positions", "rows")
+
+    def __init__(self, namespace: str, dim: int, *, k1: float, b: float, kind: IndexKind) -> None:
+        self.namespace = namespace
+        self.rows: list[Row] = []
+        self.alive: list[bool] = []
+        self.positions: dict[str, int] = {}
+        self.bm25 = BM25Shard(k1=k1, b=b)
+        self.dense = DenseShard(dim, kind=kind)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def add(self, row: Row, tokens: list[str], vector: np.ndarray) -> None:
+        self.discard(row.id)
+        position = self.bm25.add(tokens)
+        self.dense.add(vector.reshape(1, -1))
+        self.rows.append(row)
+        self.alive.append(True)
+        self.positions[row.id] = position
+
+    def discard(self, doc_id: str) -> Row | None:
+        position = self.positions.pop(doc_id, None)
+        if position is None:
+            return None
+        self.alive[position] = False
+        self.bm25.remove(position)
+        self.dense.remove(position)
+        return self.rows[position]
+
+    def live_rows(self) -> Iterator[Row]:
+        return (r for r, a in zip(self.rows, self.alive, strict=True) if a)
+
+
+class Partition:
+    """All shards of one partition (``main`` or ``quarantine``), by namespace key."""
+
+    def __init__(self, name: str, *, k1: float, b: float, kind: IndexKind) -> None:
+        self.name = name
+        self._k1, self._b, self._kind = k1, b, kind
+        self.shards: dict[str, Shard] = {}
+
+    def shard(self, namespace: str, dim: int) -> Shard:
+        shard = self.shards.get(namespace)
+        if shard is None:
+            shard = self.shards[namespace] = Shard(namespace, dim, k1=self._k1, b=self._b, kind=self._kind)
+        return shard
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shards.values())
