@@ -137,7 +137,8 @@ class DenseShard:
         if self._dead:
             alive = np.ones(self._n, dtype=bool)
             alive[list(self._dead)] = False
-            params = _search_params(index, faiss.IDSelectorBitmap(self._n, np.packbits(alive, bitorder="little")))
+            bits = np.packbits(alive, bitorder="little")  # must outlive the search: FAISS keeps a pointer
+            params = _search_params(index, faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bits)))
             scores, rows = index.search(q, k, params=params)
         else:
             scores, rows = index.search(q, k)
