@@ -30,6 +30,8 @@ IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 
 faiss.omp_set_num_threads(1)
 
+_BRUTE_FORCE_MAX = 512
+
 
 def check_vectors(vectors: Any, dim: int | None, n: int) -> np.ndarray:
     """Validate and L2-normalise ``n`` embedding rows; returns a C-contiguous float32 array.
@@ -131,8 +133,16 @@ class DenseShard:
         live = self._n - len(self._dead)
         if live <= 0 or k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        index = self._ensure_index()
         k = min(k, live)
+        if self._n <= _BRUTE_FORCE_MAX and self.kind in ("auto", "flat"):
+            # A handful of vectors (a small tenant, a quarantine): one matrix product beats a FAISS call.
+            sims = self._vectors[: self._n] @ query
+            if self._dead:
+                sims[list(self._dead)] = -np.inf
+            top = np.argpartition(-sims, k - 1)[:k] if k < self._n else np.arange(self._n)
+            top = top[np.lexsort((top, -sims[top]))]
+            return top.astype(np.int64), sims[top]
+        index = self._ensure_index()
         q = query.reshape(1, -1)
         if self._dead:
             alive = np.ones(self._n, dtype=bool)

@@ -41,7 +41,7 @@ from ._manifest import IngestManifest, SignedManifest
 from ._namespace import Namespace
 from ._poison import FEATURES, PoisonModel
 from ._policy import TrustPolicy
-from ._query_guard import paraphrase_cluster, query_echo
+from ._query_guard import EchoScorer, paraphrase_cluster
 from ._store import Partition, Row, Shard
 
 __all__ = ["GuardedIndex", "Hit", "IngestReport", "SearchResult"]
@@ -376,8 +376,7 @@ class GuardedIndex:
         b = cands.bm25 / cands.bm25_max if cands.bm25_max > 0 else np.zeros_like(cands.bm25)
         lo, hi = cands.dense_min, cands.dense_max
         d = (cands.dense - lo) / (hi - lo) if hi - lo > 1e-12 else np.ones_like(cands.dense)
-        prov = np.fromiter((shard.rows[r].provenance for r in rows), dtype=np.float64, count=len(rows))
-        poison = np.fromiter((shard.rows[r].poison for r in rows), dtype=np.float64, count=len(rows))
+        prov, poison = shard.priors(rows)
         fused = w.alpha * b + w.beta * d + w.gamma * prov - w.delta * poison
         return dict(zip(rows, fused.tolist(), strict=True))
 
@@ -390,9 +389,10 @@ class GuardedIndex:
         poison: dict[int, float] = {}
         reasons: dict[int, tuple[str, ...]] = {}
         model = self.model
+        echo_of = EchoScorer(qc, qtokens)
         for i, r in enumerate(pool):
             row = shard.rows[r]
-            echo = query_echo(qc, qtokens, row.canonical)
+            echo = echo_of(row.canonical)
             if echo == 0.0 and cluster[i] == 0.0:
                 poison[r], reasons[r] = row.poison, row.reasons
                 continue

@@ -18,24 +18,39 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["paraphrase_cluster", "query_echo"]
+__all__ = ["EchoScorer", "paraphrase_cluster", "query_echo"]
 
 _MIN_QUERY_TOKENS = 4
 
 
+class EchoScorer:
+    """``query_echo`` for one query against many passages; the query's 3-grams are built once."""
+
+    __slots__ = ("_grams", "_query")
+
+    def __init__(self, query_canonical: str, query_tokens: Sequence[str]) -> None:
+        self._query = query_canonical
+        t = query_tokens
+        self._grams = (
+            [f" {t[i]} {t[i + 1]} {t[i + 2]} " for i in range(len(t) - 2)]
+            if len(t) >= _MIN_QUERY_TOKENS else []
+        )
+
+    def __call__(self, passage_canonical: str) -> float:
+        """How verbatim the passage repeats the query, in [0, 1]."""
+        grams = self._grams
+        if not grams:
+            return 0.0
+        if self._query in passage_canonical:
+            return 1.0
+        padded = f" {passage_canonical} "
+        found = sum(g in padded for g in grams)
+        return max(0.0, (found / len(grams) - 0.5) / 0.5)
+
+
 def query_echo(query_canonical: str, query_tokens: Sequence[str], passage_canonical: str) -> float:
-    """How verbatim the passage repeats the query, in [0, 1]."""
-    n = len(query_tokens)
-    if n < _MIN_QUERY_TOKENS:
-        return 0.0
-    if query_canonical in passage_canonical:
-        return 1.0
-    padded = f" {passage_canonical} "
-    grams = n - 2
-    found = sum(
-        f" {query_tokens[i]} {query_tokens[i + 1]} {query_tokens[i + 2]} " in padded for i in range(grams)
-    )
-    return max(0.0, (found / grams - 0.5) / 0.5)
+    """How verbatim the passage repeats the query, in [0, 1] (see :class:`EchoScorer`)."""
+    return EchoScorer(query_canonical, query_tokens)(passage_canonical)
 
 
 def paraphrase_cluster(vectors: np.ndarray, threshold: float) -> np.ndarray:

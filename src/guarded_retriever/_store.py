@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -39,13 +40,16 @@ class Row:
 class Shard:
     """The documents of one namespace in one partition, with their BM25 and FAISS indexes."""
 
-    __slots__ = ("alive", "bm25", "dense", "namespace", "positions", "rows")
+    __slots__ = ("_poison", "_provenance", "alive", "bm25", "dense", "namespace", "positions", "rows")
 
     def __init__(self, namespace: str, dim: int, *, k1: float, b: float, kind: IndexKind) -> None:
         self.namespace = namespace
         self.rows: list[Row] = []
         self.alive: list[bool] = []
         self.positions: dict[str, int] = {}
+        # Row-aligned copies of the two per-document priors fusion needs, gathered per query.
+        self._provenance: list[float] = []
+        self._poison: list[float] = []
         self.bm25 = BM25Shard(k1=k1, b=b)
         self.dense = DenseShard(dim, kind=kind)
 
@@ -57,6 +61,8 @@ class Shard:
         position = self.bm25.add(tokens)
         self.dense.add(vector.reshape(1, -1))
         self.rows.append(row)
+        self._provenance.append(row.provenance)
+        self._poison.append(row.poison)
         self.alive.append(True)
         self.positions[row.id] = position
 
@@ -68,6 +74,15 @@ class Shard:
         self.bm25.remove(position)
         self.dense.remove(position)
         return self.rows[position]
+
+    def priors(self, rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(provenance, poison)`` of the given rows, as float arrays."""
+        if not rows:
+            return np.zeros(0), np.zeros(0)
+        get = itemgetter(*rows)
+        if len(rows) == 1:
+            return np.array([get(self._provenance)]), np.array([get(self._poison)])
+        return np.array(get(self._provenance)), np.array(get(self._poison))
 
     def live_rows(self) -> Iterator[Row]:
         return (r for r, a in zip(self.rows, self.alive, strict=True) if a)
