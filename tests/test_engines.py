@@ -115,12 +115,12 @@ def test_any_embedder_shape_is_adapted():
 
 
 def test_model_file_is_verified_before_loading(tmp_path):
-    from guarded_retriever._embed import verify_model_file
+    from guarded_retriever._embed import MINILM_SHA256, verify_model_file
 
     f = tmp_path / "model.safetensors"
     f.write_bytes(b"not the model")
     with pytest.raises(gr.IntegrityError, match="sha256"):
-        verify_model_file(f, gr.MiniLMEmbedder.__init__.__globals__["MINILM_SHA256"])
+        verify_model_file(f, MINILM_SHA256)
     with pytest.raises(gr.IntegrityError, match="missing"):
         verify_model_file(tmp_path / "absent", "0" * 64)
 

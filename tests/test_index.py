@@ -86,7 +86,7 @@ def test_a_foreign_row_is_dropped_counted_and_raised_in_strict_mode(caplog):
                   source_url=None, manifest_id=None, provenance=1.0, features=(0.0,) * len(gr.FEATURES),
                   poison=0.0, reasons=())
     shard.add(foreign, gr.tokenize(foreign.canonical),
-              gr.HashingEmbedder().embed_documents([foreign.text])[0] / 1.0)
+              gr.HashingEmbedder().embed_documents([foreign.text])[0])
     result = index.search("reset password smuggled", namespace=NS_A, k=10)
     assert "smuggled" not in {h.id for h in result.kept}
     assert result.violations == 1 and index.stats["namespace_violations"] == 1

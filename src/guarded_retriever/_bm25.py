@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BM25Shard"]
+__all__ = ["BM25Shard", "top_k"]
 
 _EPSILON = 0.25
 
@@ -119,12 +119,19 @@ class BM25Shard:
 
     def top(self, query_tokens: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(rows, scores)`` by descending score; only rows with a positive score."""
-        rows, scores = self.scores(query_tokens)
-        positive = scores > 0
-        if not positive.all():
-            rows, scores = rows[positive], scores[positive]
-        if len(rows) > k:
-            part = np.argpartition(-scores, k - 1)[:k]
-            rows, scores = rows[part], scores[part]
-        order = np.lexsort((rows, -scores))  # ties broken by row, so results are deterministic
-        return rows[order], scores[order]
+        return top_k(*self.scores(query_tokens), k)
+
+
+def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best positive ``(rows, scores)`` of a candidate set, best first.
+
+    ``argpartition`` runs over the candidates only, never over all N documents.
+    """
+    positive = scores > 0
+    if not positive.all():
+        rows, scores = rows[positive], scores[positive]
+    if len(rows) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        rows, scores = rows[part], scores[part]
+    order = np.lexsort((rows, -scores))  # ties broken by row, so results are deterministic
+    return rows[order], scores[order]

@@ -25,17 +25,21 @@ occurrence, and the output has each id once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 __all__ = ["dedupe", "linear_fusion", "max_normalize", "minmax_normalize", "weighted_rrf"]
 
+K = TypeVar("K", bound=Hashable)
+"""The stable id: a document id, or a row number inside one namespace's shard."""
 
-def dedupe(ids: Iterable[str]) -> list[str]:
+
+def dedupe(ids: Iterable[K]) -> list[K]:
     """The ids in order, each once (first occurrence wins)."""
     return list(dict.fromkeys(ids))
 
 
-def max_normalize(scores: Mapping[str, float]) -> dict[str, float]:
+def max_normalize(scores: Mapping[K, float]) -> dict[K, float]:
     """``x / max`` over the pool; an all-zero pool stays zero."""
     top = max(scores.values(), default=0.0)
     if top <= 0:
@@ -43,7 +47,7 @@ def max_normalize(scores: Mapping[str, float]) -> dict[str, float]:
     return {i: s / top for i, s in scores.items()}
 
 
-def minmax_normalize(scores: Mapping[str, float]) -> dict[str, float]:
+def minmax_normalize(scores: Mapping[K, float]) -> dict[K, float]:
     """``(x − min) / (max − min)`` over the pool; a constant pool maps to 1."""
     if not scores:
         return {}
@@ -55,16 +59,16 @@ def minmax_normalize(scores: Mapping[str, float]) -> dict[str, float]:
 
 
 def linear_fusion(
-    bm25: Mapping[str, float],
-    dense: Mapping[str, float],
-    provenance: Mapping[str, float],
-    poison: Mapping[str, float],
+    bm25: Mapping[K, float],
+    dense: Mapping[K, float],
+    provenance: Mapping[K, float],
+    poison: Mapping[K, float],
     *,
     alpha: float,
     beta: float,
     gamma: float,
     delta: float,
-) -> dict[str, float]:
+) -> dict[K, float]:
     """Fused score of every id in ``bm25 ∪ dense``; a missing signal counts as 0 after normalisation."""
     b = max_normalize(bm25)
     d = minmax_normalize(dense)
@@ -75,11 +79,11 @@ def linear_fusion(
     }
 
 
-def weighted_rrf(ranked: Sequence[Sequence[str]], weights: Sequence[float], *, c: int = 60) -> dict[str, float]:
+def weighted_rrf(ranked: Sequence[Sequence[K]], weights: Sequence[float], *, c: int = 60) -> dict[K, float]:
     """Weighted reciprocal-rank fusion: ``Σ wᵢ / (rankᵢ + c)``, ranks from 1, each list deduped."""
     if len(ranked) != len(weights):
         raise ValueError("one weight per ranked list is required")
-    fused: dict[str, float] = {}
+    fused: dict[K, float] = {}
     for ids, w in zip(ranked, weights, strict=True):
         for rank, i in enumerate(dedupe(ids), start=1):
             fused[i] = fused.get(i, 0.0) + w / (rank + c)

@@ -32,9 +32,11 @@ import orjson
 from ._canonical import canonicalize, tokenize
 from ._config import GuardConfig
 from ._contract import delta_s, lambda_state, next_fix, validate_contract
+from ._bm25 import top_k
 from ._dense import check_vectors
 from ._embed import Embedder, as_embedder
 from ._exceptions import ConfigError, NamespaceViolation
+from ._fusion import linear_fusion, weighted_rrf
 from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch
 from ._ledger import Ledger
 from ._manifest import IngestManifest, SignedManifest
@@ -368,17 +370,21 @@ class GuardedIndex:
         return SearchResult(query, key, kept, quarantined, stages, state, alerts, violations)
 
     def _fuse(self, shard: Shard, cands: _Candidates) -> dict[int, float]:
+        """Fused score per candidate row, by the functions of ``_fusion`` (keyed by row, unique in a shard)."""
         cfg = self.config
-        rows = cands.rows.tolist()
         if cfg.fusion == "rrf":
-            return _rrf_rows([cands.bm25_rows.tolist(), cands.dense_rows.tolist()], cfg)
-        w = cfg.weights
-        b = cands.bm25 / cands.bm25_max if cands.bm25_max > 0 else np.zeros_like(cands.bm25)
-        lo, hi = cands.dense_min, cands.dense_max
-        d = (cands.dense - lo) / (hi - lo) if hi - lo > 1e-12 else np.ones_like(cands.dense)
+            return weighted_rrf([cands.bm25_rows.tolist(), cands.dense_rows.tolist()],
+                                cfg.rrf_weights, c=cfg.rrf_c)
+        rows = cands.rows.tolist()
         prov, poison = shard.priors(rows)
-        fused = w.alpha * b + w.beta * d + w.gamma * prov - w.delta * poison
-        return dict(zip(rows, fused.tolist(), strict=True))
+        w = cfg.weights
+        return linear_fusion(
+            dict(zip(rows, cands.bm25.tolist(), strict=True)),
+            dict(zip(rows, cands.dense.tolist(), strict=True)),
+            dict(zip(rows, prov, strict=True)),
+            dict(zip(rows, poison, strict=True)),
+            alpha=w.alpha, beta=w.beta, gamma=w.gamma, delta=w.delta,
+        )
 
     def _guard(
         self, shard: Shard, pool: Sequence[int], qc: str, qtokens: Sequence[str]
@@ -478,14 +484,6 @@ class GuardedIndex:
         return sorted(set(self.main.shards) | set(self.quarantine.shards))
 
 
-def _rrf_rows(lists: Sequence[Sequence[int]], cfg: GuardConfig) -> dict[int, float]:
-    fused: dict[int, float] = {}
-    for ranked, w in zip(lists, cfg.rrf_weights, strict=True):
-        for rank, r in enumerate(ranked, start=1):
-            fused[r] = fused.get(r, 0.0) + w / (rank + cfg.rrf_c)
-    return fused
-
-
 @dataclass(slots=True)
 class _Candidates:
     """The union of both retrievers' candidates, each with its exact BM25 and dense score."""
@@ -493,8 +491,6 @@ class _Candidates:
     rows: np.ndarray
     bm25: np.ndarray
     dense: np.ndarray
-    n_bm25: int
-    n_dense: int
     bm25_rows: np.ndarray
     dense_rows: np.ndarray
     _pos: dict[int, int] = field(default_factory=dict)
@@ -526,22 +522,18 @@ class _Candidates:
 def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int) -> _Candidates | None:
     if not len(shard):
         return None
-    all_rows, all_scores = shard.bm25.scores(qtokens)
-    positive = all_scores > 0
-    b_rows, b_scores = all_rows[positive], all_scores[positive]
-    if len(b_rows) > n:
-        part = np.argpartition(-b_scores, n - 1)[:n]
-        b_rows, b_scores = b_rows[part], b_scores[part]
-    b_order = np.lexsort((b_rows, -b_scores))
-    b_rows = b_rows[b_order]
-    d_rows, d_scores = shard.dense.search(qvec, n)
+    all_rows, all_scores = shard.bm25.scores(qtokens)  # every row matching a term, sorted by row
+    b_rows, _ = top_k(all_rows, all_scores, n)
+    d_rows, _ = shard.dense.search(qvec, n)
     d_rows = d_rows.astype(np.int32)
     rows = np.union1d(b_rows, d_rows)
-    # Exact BM25 for every candidate: look each row up among the rows that matched any query term.
-    pos = np.searchsorted(all_rows, rows)
-    pos_c = np.minimum(pos, max(len(all_rows) - 1, 0))
-    found = (pos < len(all_rows)) & (all_rows[pos_c] == rows) if len(all_rows) else np.zeros(len(rows), bool)
-    bm25 = np.where(found, all_scores[pos_c] if len(all_rows) else 0.0, 0.0).astype(np.float64)
+    # Exact BM25 for every candidate: a dense-only candidate either matched no term (0) or sits
+    # below BM25's top-n; either way its score is in (all_rows, all_scores).
+    bm25 = np.zeros(len(rows))
+    if len(all_rows):
+        pos = np.searchsorted(all_rows, rows).clip(max=len(all_rows) - 1)
+        matched = all_rows[pos] == rows
+        bm25[matched] = np.maximum(all_scores[pos[matched]], 0.0)
     dense = shard.dense.similarity(qvec, rows).astype(np.float64)
-    return _Candidates(rows, np.maximum(bm25, 0.0), dense, len(b_rows), len(d_rows), b_rows, d_rows)
+    return _Candidates(rows, bm25, dense, b_rows, d_rows)
 

@@ -179,14 +179,16 @@ class IngestPipeline:
         if self.ledger.is_frozen(ns.key):
             raise NamespaceFrozenError(f"namespace {ns.key!r} is frozen")
         docs = self._validate_documents(documents)
+        if manifest is not None and not isinstance(manifest, IngestManifest):
+            manifest = SignedManifest.coerce(manifest)  # parse dict / JSON forms once
         provenance = self.policy.vouch(manifest)
-        body = self._manifest_body(manifest)
+        body = manifest.manifest if isinstance(manifest, SignedManifest) else manifest
         if body is not None and body.manifest_id in self.ledger.revoked("manifest"):
             raise RevokedContentError(f"manifest {body.manifest_id} has been revoked")
 
         canon = [canonicalize(d.text) for d in docs]
         hashes = [content_hash(c) for c in canon]
-        for d, c, h in zip(docs, canon, hashes, strict=True):
+        for d, c in zip(docs, canon, strict=True):
             if not c:
                 raise DocumentError("text is empty after canonicalisation", doc_id=d.id)
         if body is not None:
@@ -265,20 +267,12 @@ class IngestPipeline:
         return docs
 
     @staticmethod
-    def _manifest_body(manifest: Any) -> IngestManifest | None:
-        if manifest is None:
-            return None
-        if isinstance(manifest, IngestManifest):
-            return manifest
-        return SignedManifest.coerce(manifest).manifest
-
-    @staticmethod
-    def _manifest_record(manifest: Any, body: IngestManifest | None, prov: Provenance) -> ManifestRecord | None:
+    def _manifest_record(
+        manifest: SignedManifest | IngestManifest | None, body: IngestManifest | None, prov: Provenance
+    ) -> ManifestRecord | None:
         if body is None:
             return None
         payload = manifest.to_json() if isinstance(manifest, SignedManifest) else body.canonical_json()
-        if not isinstance(manifest, SignedManifest | IngestManifest):
-            payload = SignedManifest.coerce(manifest).to_json()
         return ManifestRecord(body.manifest_id, prov.signer, body.source_type, body.source_url, prov.signed, payload)
 
     def _burst(self, namespace: str, ids: Sequence[str], simhashes: np.ndarray) -> np.ndarray:

@@ -218,11 +218,6 @@ class PoisonModel:
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def score_matrix(self, x: np.ndarray) -> np.ndarray:
-        """Scores for a ``(n, len(FEATURES))`` feature matrix (missing trailing columns count as 0)."""
-        z = self.bias + x @ self._w[: x.shape[1]]
-        return 1.0 / (1.0 + np.exp(-z))
-
     def score(self, features: Sequence[float]) -> tuple[float, tuple[str, ...]]:
         """``(poison_score, reasons)`` for one feature vector, reasons strongest first."""
         z = self.bias

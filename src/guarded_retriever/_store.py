@@ -6,7 +6,7 @@ append-only; replacing or deleting a document tombstones its row, which both ind
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -75,17 +75,14 @@ class Shard:
         self.dense.remove(position)
         return self.rows[position]
 
-    def priors(self, rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(provenance, poison)`` of the given rows, as float arrays."""
+    def priors(self, rows: list[int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(provenance, poison)`` of the given rows, in order."""
         if not rows:
-            return np.zeros(0), np.zeros(0)
+            return (), ()
         get = itemgetter(*rows)
         if len(rows) == 1:
-            return np.array([get(self._provenance)]), np.array([get(self._poison)])
-        return np.array(get(self._provenance)), np.array(get(self._poison))
-
-    def live_rows(self) -> Iterator[Row]:
-        return (r for r, a in zip(self.rows, self.alive, strict=True) if a)
+            return (get(self._provenance),), (get(self._poison),)
+        return get(self._provenance), get(self._poison)
 
 
 class Partition:
