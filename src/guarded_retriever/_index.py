@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,24 +35,31 @@ from ._contract import delta_s, lambda_state, next_fix, validate_contract
 from ._bm25 import top_k
 from ._dense import check_vectors
 from ._embed import Embedder, as_embedder
-from ._exceptions import ConfigError, NamespaceViolation
+from ._exceptions import ConfigError, DocumentError, NamespaceViolation
 from ._fusion import linear_fusion, weighted_rrf
 from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch
 from ._ledger import Ledger
 from ._manifest import IngestManifest, SignedManifest
 from ._namespace import Namespace
-from ._poison import FEATURES, PoisonModel
+from ._fingerprint import content_hash
+from ._poison import FEATURES, PoisonModel, document_features
 from ._policy import TrustPolicy
 from ._query_guard import EchoScorer, paraphrase_cluster
 from ._store import Partition, Row, Shard
 
-__all__ = ["GuardedIndex", "Hit", "IngestReport", "SearchResult"]
+__all__ = ["DenseSearch", "GuardedIndex", "Hit", "IngestReport", "SearchResult"]
 
 logger = logging.getLogger("guarded_retriever")
 
 _ECHO = FEATURES.index("query_echo")
 _CLUSTER = FEATURES.index("paraphrase_cluster")
 MAX_K = 1000
+
+DenseSearch = Callable[[np.ndarray, int], Iterable[str]]
+"""An external dense retriever for :meth:`GuardedIndex.search`: given the query vector and ``n``,
+the ids of up to ``n`` nearest documents, best first. It only *nominates* candidates: ids the index
+does not hold in the request's namespace are ignored, and every score is recomputed from the
+index's own vectors, so a store that cannot pre-filter by namespace can never leak through it."""
 
 
 @dataclass(slots=True)
@@ -289,8 +296,17 @@ class GuardedIndex:
         namespace: Namespace | Mapping[str, Any] | str,
         k: int = 4,
         query_vector: Any = None,
+        dense: DenseSearch | None = None,
     ) -> SearchResult:
         """Guarded hybrid search inside one namespace.
+
+        Args:
+            query: the user's question.
+            namespace: the request's namespace; required, never defaulted.
+            k: how many hits to keep.
+            query_vector: the query's embedding, when the caller already has it.
+            dense: an external dense retriever (a wrapped vector store) that nominates the dense
+                candidates instead of the index's own FAISS shard; see :data:`DenseSearch`.
 
         Raises:
             NamespaceError: the namespace is missing or malformed (never defaulted).
@@ -310,7 +326,7 @@ class GuardedIndex:
         cfg = self.config
         n_cand = max(cfg.candidates, k)
 
-        cands = _candidates(shard, qtokens, qvec, n_cand) if shard is not None else None
+        cands = _candidates(shard, qtokens, qvec, n_cand, dense) if shard is not None else None
         kept: list[Hit] = []
         quarantined: list[Hit] = []
         alerts: list[str] = []
@@ -480,6 +496,171 @@ class GuardedIndex:
             hits.append(self._hit(row, cands, r, fused[r], row.poison, row.reasons, "ingest"))
         return hits
 
+    def screen(
+        self,
+        query: str,
+        documents: Sequence[GuardDocument | Mapping[str, Any] | tuple[Any, ...]],
+        *,
+        namespace: Namespace | Mapping[str, Any] | str,
+        query_vector: Any = None,
+        vectors: Any = None,
+        scores: Sequence[float | None] | None = None,
+    ) -> SearchResult:
+        """Guard documents that another retriever found: the postprocessor face of the index.
+
+        Each document is fenced to ``namespace``, scored for poison with the ingest-time and
+        query-time features, and kept (in the order given: a postprocessor filters, it does not
+        re-rank) or quarantined.
+
+        The fence fails closed:
+
+        * a document this index holds in ``namespace`` with the same text is judged by its ingest
+          record (provenance, poison, reasons); one it holds in quarantine stays quarantined;
+        * any other document passes only when its metadata carries every namespace key with
+          exactly the request's value, and is then scored from its text alone (provenance 0);
+        * everything else is dropped and counted as a namespace violation.
+
+        Args:
+            query: the user's question.
+            documents: ``GuardDocument``s, ``{"id", "text", "metadata"}`` mappings or tuples.
+            namespace: the request's namespace.
+            query_vector: the query's embedding, when the caller has it.
+            vectors: embeddings of ``documents``, row-aligned, when the caller has them; otherwise
+                the index's own vectors, then its embedder, are used.
+            scores: the upstream retriever's scores, reported as each hit's ``fused`` score.
+        """
+        ns = self.pipeline.schema.parse(namespace)
+        if not isinstance(query, str):
+            raise ConfigError(f"query must be str, got {type(query).__name__}")
+        key = ns.key
+        expected = ns.as_dict()
+        docs = [GuardDocument.coerce(d) for d in documents]
+        if scores is not None and len(scores) != len(docs):
+            raise ConfigError(f"got {len(scores)} scores for {len(docs)} documents")
+        self.stats["queries"] += 1
+        if not docs:
+            empty = {"retrieve": 1.0, "fuse": 1.0, "quarantine": 1.0}
+            return SearchResult(query, key, [], [], empty, "chaotic")
+        given = None
+        if vectors is not None:
+            given = check_vectors(vectors, self.dim, len(docs))
+        shard = self.main.shards.get(key)
+        qshard = self.quarantine.shards.get(key)
+
+        # 1. the fence: resolve each document to its ingest record, or to its own text.
+        entries: list[tuple[int, GuardDocument, Row | None, str | None]] = []
+        violations = 0
+        for i, d in enumerate(docs):
+            if not isinstance(d.text, str) or not isinstance(d.id, str):
+                raise DocumentError("screened documents need a str id and text")
+            canonical = canonicalize(d.text)
+            row, stage = None, None
+            for part_shard, part_stage in ((shard, None), (qshard, "ingest")):
+                pos = part_shard.positions.get(d.id) if part_shard is not None else None
+                if pos is not None and part_shard is not None:
+                    candidate = part_shard.rows[pos]
+                    if candidate.content_hash == content_hash(canonical):
+                        row, stage = candidate, part_stage
+                        break
+            if row is None and any(d.metadata.get(k) != v for k, v in expected.items()):
+                violations += 1
+                logger.warning("namespace violation blocked: screened document %r lacks namespace %r",
+                               d.id, key)
+                if self.config.strict_namespaces:
+                    raise NamespaceViolation(key, str({k: d.metadata.get(k) for k in expected}), d.id)
+                continue
+            if row is None:
+                tokens = tokenize(canonical)
+                own = document_features(d.text, canonical, tokens)
+                feats = (*own, *([0.0] * (len(FEATURES) - len(own))))
+                p, why = self.model.score(feats)
+                row = Row(id=d.id, text=d.text, canonical=canonical, metadata=dict(d.metadata),
+                          namespace=key, content_hash=content_hash(canonical), source_url=None,
+                          manifest_id=None, provenance=0.0, features=feats, poison=round(p, 6),
+                          reasons=why)
+            entries.append((i, d, row, stage))
+        if violations:
+            self.stats["namespace_violations"] += violations
+        if not entries:
+            empty = {"retrieve": 1.0, "fuse": 1.0, "quarantine": 1.0}
+            return SearchResult(query, key, [], [], empty, "chaotic", [], violations)
+
+        # 2. vectors: the caller's, else the index's own, else the embedder's.
+        qvec = self._query_vector(query, query_vector)
+        vecs = np.zeros((len(entries), len(qvec)), dtype=np.float32)
+        missing: list[int] = []
+        for j, (i, d, row, stage) in enumerate(entries):
+            if given is not None:
+                vecs[j] = given[i]
+                continue
+            holder = qshard if stage == "ingest" else shard
+            pos = holder.positions.get(d.id) if holder is not None else None
+            if pos is not None and holder is not None and holder.rows[pos] is row:
+                vecs[j] = holder.dense.vectors[pos]
+            else:
+                missing.append(j)
+        if missing:
+            if self.embedder is None:
+                raise ConfigError("no embedder configured: pass vectors= for documents the index does not hold")
+            vecs[missing] = check_vectors(
+                self.embedder.embed_documents([entries[j][1].text for j in missing]), len(qvec), len(missing))
+
+        # 3. query-time features on the whole candidate set, then the split at τ.
+        qc = canonicalize(query)
+        echo_of = EchoScorer(qc, tokenize(qc))
+        cluster = paraphrase_cluster(vecs, self.config.paraphrase_cosine)
+        dense = vecs @ qvec
+        tau = self.config.tau
+        kept: list[Hit] = []
+        quarantined: list[Hit] = []
+        kept_at: list[int] = []
+        for j, (i, d, row, stage) in enumerate(entries):
+            assert row is not None
+            features = list(row.features)
+            features[_ECHO] = echo_of(row.canonical)
+            features[_CLUSTER] = float(cluster[j])
+            p, why = self.model.score(features)
+            if p < row.poison:
+                p, why = row.poison, row.reasons
+            upstream = scores[i] if scores is not None else None
+            fused = float(upstream) if upstream is not None else float(dense[j])
+            hit = Hit(d.id, d.text, d.metadata, key, row.content_hash, row.source_url, row.manifest_id,
+                      0.0, float(dense[j]), row.provenance, round(p, 6), round(fused, 6), why, None)
+            if stage == "ingest" or p >= tau:
+                hit.stage = stage or "query"
+                quarantined.append(hit)
+            else:
+                kept.append(hit)
+                kept_at.append(j)
+        alerts = []
+        top = entries[0][2]
+        assert top is not None
+        if top.provenance < self.config.low_provenance_alert:
+            alerts.append("low_provenance_top")
+        if quarantined and quarantined[0].id == entries[0][1].id:
+            alerts.append("top_candidate_quarantined")
+        all_at = list(range(len(entries)))
+        stages = {"retrieve": delta_s(qvec, vecs[all_at]), "fuse": delta_s(qvec, vecs[all_at]),
+                  "quarantine": delta_s(qvec, vecs[kept_at])}
+        state = lambda_state(stages["retrieve"], stages["fuse"], stages["quarantine"], has_context=bool(kept))
+        return SearchResult(query, key, kept, quarantined, stages, state, alerts, violations)
+
+    def get(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str,
+            include_quarantined: bool = False) -> list[Row]:
+        """The stored documents of ``namespace`` with these ids, in the order asked (missing ones skipped)."""
+        key = self.pipeline.schema.parse(namespace).key
+        shards = [self.main.shards.get(key)]
+        if include_quarantined:
+            shards.append(self.quarantine.shards.get(key))
+        out = []
+        for doc_id in ids:
+            for shard in shards:
+                pos = shard.positions.get(doc_id) if shard is not None else None
+                if pos is not None and shard is not None:
+                    out.append(shard.rows[pos])
+                    break
+        return out
+
     def namespaces(self) -> list[str]:
         return sorted(set(self.main.shards) | set(self.quarantine.shards))
 
@@ -519,13 +700,20 @@ class _Candidates:
         return list(dict.fromkeys([*self.bm25_rows[:k].tolist(), *self.dense_rows[:k].tolist()]))
 
 
-def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int) -> _Candidates | None:
+def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int,
+                dense: DenseSearch | None = None) -> _Candidates | None:
     if not len(shard):
         return None
     all_rows, all_scores = shard.bm25.scores(qtokens)  # every row matching a term, sorted by row
     b_rows, _ = top_k(all_rows, all_scores, n)
-    d_rows, _ = shard.dense.search(qvec, n)
-    d_rows = d_rows.astype(np.int32)
+    if dense is None:
+        d_rows, _ = shard.dense.search(qvec, n)
+        d_rows = d_rows.astype(np.int32)
+    else:
+        # Only ids this namespace's shard holds count; the position map is the fence.
+        positions = shard.positions
+        nominated = [positions[i] for i in dense(qvec, n) if isinstance(i, str) and i in positions]
+        d_rows = np.asarray(list(dict.fromkeys(nominated))[:n], dtype=np.int32)
     rows = np.union1d(b_rows, d_rows)
     # Exact BM25 for every candidate: a dense-only candidate either matched no term (0) or sits
     # below BM25's top-n; either way its score is in (all_rows, all_scores).
