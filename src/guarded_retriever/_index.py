@@ -81,6 +81,8 @@ class Hit:
     reasons: tuple[str, ...]
     stage: str | None = None
     """For quarantined hits: ``ingest`` or ``query``, where the guard withheld it."""
+    features: tuple[float, ...] = ()
+    """The poison feature strengths behind ``poison``, in :data:`FEATURES` order."""
 
     @property
     def scores(self) -> dict[str, float]:
@@ -343,7 +345,7 @@ class GuardedIndex:
             order = sorted(fused, key=lambda r: (-fused[r], r))
             fused_rows = order[:k]
             pool = order[: k + cfg.guard_pool]
-            final_poison, reasons = self._guard(shard, pool, qc, qtokens)
+            final_poison, reasons, feats = self._guard(shard, pool, qc, qtokens)
             tau = cfg.tau
             delta = cfg.weights.delta if cfg.fusion == "linear" else 0.0
             scored: list[tuple[float, int]] = []
@@ -353,7 +355,7 @@ class GuardedIndex:
                 f = fused[r] - delta * (p - row.poison)
                 if p >= tau:
                     self.stats["quarantined_at_query"] += 1
-                    quarantined.append(self._hit(row, cands, r, f, p, reasons[r], "query"))
+                    quarantined.append(self._hit(row, cands, r, f, p, reasons[r], "query", feats[r]))
                 else:
                     scored.append((f, r))
             scored.sort(key=lambda t: (-t[0], t[1]))
@@ -370,7 +372,7 @@ class GuardedIndex:
                     violations += 1
                     self._violation(key, row)
                     continue
-                kept.append(self._hit(row, cands, r, f, final_poison[r], reasons[r], None))
+                kept.append(self._hit(row, cands, r, f, final_poison[r], reasons[r], None, feats[r]))
                 kept_rows.append(r)
         if qshard is not None and len(qshard):
             quarantined.extend(self._withheld(qshard, key, qtokens, qvec, k, kept, norm))
@@ -404,19 +406,20 @@ class GuardedIndex:
 
     def _guard(
         self, shard: Shard, pool: Sequence[int], qc: str, qtokens: Sequence[str]
-    ) -> tuple[dict[int, float], dict[int, tuple[str, ...]]]:
-        """Re-score the pool with the query-time features; ``(poison, reasons)`` per row."""
+    ) -> tuple[dict[int, float], dict[int, tuple[str, ...]], dict[int, tuple[float, ...]]]:
+        """Re-score the pool with the query-time features; ``(poison, reasons, features)`` per row."""
         vectors = shard.dense.vectors[list(pool)]
         cluster = paraphrase_cluster(vectors, self.config.paraphrase_cosine)
         poison: dict[int, float] = {}
         reasons: dict[int, tuple[str, ...]] = {}
+        feats: dict[int, tuple[float, ...]] = {}
         model = self.model
         echo_of = EchoScorer(qc, qtokens)
         for i, r in enumerate(pool):
             row = shard.rows[r]
             echo = echo_of(row.canonical)
             if echo == 0.0 and cluster[i] == 0.0:
-                poison[r], reasons[r] = row.poison, row.reasons
+                poison[r], reasons[r], feats[r] = row.poison, row.reasons, row.features
                 continue
             features = list(row.features)
             features[_ECHO] = echo
@@ -424,15 +427,16 @@ class GuardedIndex:
             p, why = model.score(features)
             if p < row.poison:  # a judge's verdict at ingest is never lowered at query time
                 p, why = row.poison, row.reasons
-            poison[r], reasons[r] = round(p, 6), why
-        return poison, reasons
+            poison[r], reasons[r], feats[r] = round(p, 6), why, tuple(features)
+        return poison, reasons, feats
 
     def _hit(self, row: Row, cands: _Candidates, r: int, fused: float, poison: float,
-             reasons: tuple[str, ...], stage: str | None) -> Hit:
+             reasons: tuple[str, ...], stage: str | None, features: tuple[float, ...] | None = None) -> Hit:
         i = cands.index_of(r)
         return Hit(row.id, row.text, row.metadata, row.namespace, row.content_hash, row.source_url,
                    row.manifest_id, float(cands.bm25[i]), float(cands.dense[i]), row.provenance,
-                   poison, round(fused, 6), reasons, stage)
+                   poison, round(fused, 6), reasons, stage,
+                   row.features if features is None else features)
 
     def _withheld(self, qshard: Shard, key: str, qtokens: Sequence[str], qvec: np.ndarray, k: int,
                   kept: Sequence[Hit], norm: tuple[float, float, float]) -> list[Hit]:
@@ -625,7 +629,8 @@ class GuardedIndex:
             upstream = scores[i] if scores is not None else None
             fused = float(upstream) if upstream is not None else float(dense[j])
             hit = Hit(d.id, d.text, d.metadata, key, row.content_hash, row.source_url, row.manifest_id,
-                      0.0, float(dense[j]), row.provenance, round(p, 6), round(fused, 6), why, None)
+                      0.0, float(dense[j]), row.provenance, round(p, 6), round(fused, 6), why, None,
+                      tuple(features))
             if stage == "ingest" or p >= tau:
                 hit.stage = stage or "query"
                 quarantined.append(hit)
