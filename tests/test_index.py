@@ -177,8 +177,10 @@ def test_changing_a_weight_changes_the_ranking_as_the_formula_says():
         bmax = max(h.bm25 for h in result.kept)
         lo, hi = min(h.dense for h in result.kept), max(h.dense for h in result.kept)
         for h in result.kept:
+            # fusion weighs the ingest-time poison score; query-time evidence only quarantines
+            (row,) = index.get([h.id], namespace=NS_A)
             expected = (alpha * h.bm25 / bmax + beta * (h.dense - lo) / (hi - lo)
-                        + 0.25 * h.provenance - 0.40 * h.poison)
+                        + 0.25 * h.provenance - 0.40 * row.poison)
             assert h.fused == pytest.approx(expected, abs=1e-5)
     assert ranks[(0.9, 0.1)] == ["lexical", "dense"]
     assert ranks[(0.1, 0.9)] == ["dense", "lexical"]

@@ -78,6 +78,9 @@ class Hit:
     provenance: float
     poison: float
     fused: float
+    """``α·bm25 + β·dense + γ·provenance − δ·poison_at_ingest`` (normalised per query), or the RRF
+    score. ``poison`` may be higher than the ingest score: query-time evidence can raise it up to
+    quarantine, but does not re-rank what it keeps."""
     reasons: tuple[str, ...]
     stage: str | None = None
     """For quarantined hits: ``ingest`` or ``query``, where the guard withheld it."""
@@ -347,12 +350,14 @@ class GuardedIndex:
             pool = order[: k + cfg.guard_pool]
             final_poison, reasons, feats = self._guard(shard, pool, qc, qtokens)
             tau = cfg.tau
-            delta = cfg.weights.delta if cfg.fusion == "linear" else 0.0
             scored: list[tuple[float, int]] = []
+            # Query-time evidence quarantines, it does not re-rank: below τ, echo and clustering
+            # mostly measure topicality (the relevant passages of a query resemble each other),
+            # and penalising that would cost clean ranking quality for no protection.
             for r in pool:
                 row = shard.rows[r]
                 p = final_poison[r]
-                f = fused[r] - delta * (p - row.poison)
+                f = fused[r]
                 if p >= tau:
                     self.stats["quarantined_at_query"] += 1
                     quarantined.append(self._hit(row, cands, r, f, p, reasons[r], "query", feats[r]))

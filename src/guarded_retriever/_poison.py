@@ -16,9 +16,16 @@ Ingest-time features (``INGEST_FEATURES``) look at one document:
     sentences addressed to the model or about its output rather than about the subject: "in your
     answer", "respond only with", "tell the user", "the assistant must" ... Injected tasks rarely say
     "ignore previous instructions"; they ask the model to do something to its reply.
+``embedded_instruction``
+    a request aimed at a reader — a line that opens with a task verb ("write", "provide",
+    "substitute", "use") or asks a question — sitting inside structured data (a table). Data does
+    not address its reader; text planted in it to be retrieved into a prompt does. A stand-alone
+    question or request (a user's note, a FAQ) is not structured data and does not fire.
 ``hidden_text``
-    zero-width and bidi controls, soft hyphens, mixed-script (homoglyph) words, HTML comments,
-    CSS that hides text, ``<script>`` remnants.
+    invisible characters *inside* Latin words (zero-width, bidi, soft hyphen: a filter-evasion
+    trick), bidi overrides, Unicode tag characters, mixed-script (homoglyph) words, HTML comments,
+    CSS that hides text, ``<script>`` remnants. Joiners and direction marks next to non-Latin
+    script are ordinary typography (Persian, Arabic, Indic text) and do not count.
 ``suspicious_url``
     raw-IP hosts, ``data:``/``javascript:`` URIs, punycode hosts, high-entropy host names.
 ``code_payload``
@@ -67,6 +74,7 @@ __all__ = [
 INGEST_FEATURES: tuple[str, ...] = (
     "instruction_override",
     "assistant_directive",
+    "embedded_instruction",
     "hidden_text",
     "suspicious_url",
     "code_payload",
@@ -79,26 +87,34 @@ FEATURE_INDEX = {name: i for i, name in enumerate(FEATURES)}
 # --- instruction and directive phrases (run on canonical text: lowercase, spaces collapsed) ---
 
 _OVERRIDE_TRIGGERS = frozenset(
-    "ignore disregard forget override instructions instruction prompt jailbreak developer "
-    "pretend roleplay now".split()
+    "ignore disregard forget override bypass instructions instruction prompt developer anything "
+    "now act".split()
 )
+# Deliberately narrow: "ignore the error", "pretend to be a tour guide" or "jailbreak" on its own
+# are ordinary requests (NotInject-style look-alikes). What overrides an assistant names the
+# instructions it wants dropped, or switches the assistant into another mode.
 _OVERRIDE = re.compile(
-    r"\b(?:ignore|disregard|forget|override|bypass|skip)\b(?:\W+\w+){0,3}?\W+"
-    r"(?:previous|prior|above|earlier|preceding|all|any|your|the|system|original)\b"
-    r"(?:\W+\w+){0,2}?\W+(?:instructions?|prompts?|rules|directions|guidelines|context|messages?)\b"
-    r"|\byou are now\b|\bfrom now on,? you\b|\bnew (?:instructions?|rules|task)\s*:"
-    r"|\bsystem prompt\b|\bdeveloper mode\b|\bjailbreak|\bdo anything now\b"
-    r"|\bpretend (?:to be|you are)\b"
+    r"\b(?:ignore|disregard|forget|override|bypass)\b(?:\W+\w+){0,3}?\W+"
+    r"(?:previous|prior|above|earlier|preceding|foregoing|original|initial|system|all)\b"
+    r"(?:\W+\w+){0,2}?\W+(?:instructions?|prompts?|rules|directions|guidelines|directives?|"
+    r"messages?|told)\b"
+    r"|\bnew (?:instructions?|rules|task)\s*:"
+    r"|\b(?:reveal|print|repeat|show|output|leak)\b(?:\W+\w+){0,3}?\W+(?:system|initial) prompt\b"
+    r"|\bdeveloper mode\b|\bdo anything now\b"
+    r"|\byou are now (?:dan|in (?:developer|god|unrestricted)|an? (?:unrestricted|unfiltered))\b"
+    r"|\bfrom now on,? you (?:will|must|are|shall)\b"
+    r"|\bact as (?:an? )?(?:unrestricted|unfiltered|jailbroken)\b"
 )
 
 _DIRECTIVE_TRIGGERS = frozenset(
     "your answer answers answering response responses responding respond reply replies replying "
-    "assistant ai chatbot model llm user summary summarize summarizing output".split()
+    "assistant ai chatbot model llm user summary summarize summarizing output following".split()
 )
 _DIRECTIVE = re.compile(
     r"\b(?:in|to|into|within|throughout|of|for|with) your (?:answer|response|reply|output|summary|"
     r"code|translation|message)s?\b"
-    r"|\byour (?:answer|response|reply|output)(?:'s|s)?\b"
+    r"|\byour (?:answer|response|reply|output|solution|implementation)(?:'s|s)?\b"
+    r"|\b(?:the )?following (?:code )?(?:block|snippet|section|excerpt|segment|code)\b"
     r"|\b(?:respond|reply|answer)(?: only)? (?:with|in|using|by)\b"
     r"|\b(?:when|while|before|after) (?:answering|responding|replying|summari[sz]ing)\b"
     r"|\b(?:tell|inform|remind|ask|urge|convince) the (?:user|reader)\b"
@@ -111,13 +127,30 @@ _DIRECTIVE = re.compile(
 
 _CODE_TRIGGERS = frozenset(
     "import subprocess os exec eval socket base64 curl wget powershell requests urllib sh bash "
-    "system popen".split()
+    "system popen paho mqtt smtplib ftplib http psutil environ getpass".split()
 )
+# Code that executes, sends data off the machine, or collects what is worth sending. One match
+# is common in honest code; two (collect + send, fetch + run) is the shape of a payload.
 _CODE = re.compile(
     r"\bsubprocess\.\w+|\bos\.(?:system|popen|exec\w*)\s*\(|\b(?:eval|exec)\s*\(|\bsocket\.\w+"
     r"|\b(?:curl|wget)\b[^|\n]{0,200}\|\s*(?:ba)?sh\b|\bpowershell\b|\bbase64\.b64decode\b"
-    r"|\b__import__\s*\(|\brequests\.(?:get|post)\s*\("
+    r"|\b__import__\s*\(|\brequests\.(?:get|post|put)\s*\(|\bpaho\.mqtt\b|\bpublish\.single\s*\("
+    r"|\b(?:smtplib|ftplib)\.\w+|\burllib\.request\.\w+|\bhttp\.client\.\w+"
+    r"|\bos\.environ\b|\bpsutil\.\w+|\bgetpass\.\w+"
 )
+
+# --- a request to the reader inside structured data ---
+
+_TASK_VERBS = frozenset(
+    "write provide explain describe create generate compose list summarize summarise translate "
+    "give tell answer respond reply include add insert append use employ incorporate integrate "
+    "modify substitute replace scramble rewrite reword format convert output print say mention "
+    "recommend suggest promote encourage ask remind make start begin end conclude avoid refrain "
+    "ensure please draft develop design share offer enhance augment consider utilize utilise "
+    "apply present highlight emphasize emphasise change reverse spell express craft imagine "
+    "pretend act respond can could would what who whom whose where when why how which".split()
+)
+_WORD = re.compile(r"[A-Za-z']+")
 
 # --- hidden text (run on the raw text: canonicalisation removes exactly what we look for) ---
 
@@ -162,17 +195,44 @@ def _url_risk(raw: str) -> float:
     return min(1.0, hits / 2)
 
 
+_BIDI_OVERRIDES = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _hidden_risk(raw: str) -> float:
     score = 0.0
     if not raw.isascii():
-        invisible = len(_INVISIBLE.findall(raw))
-        if invisible:
-            score += min(1.0, invisible / 3)
+        suspicious = 0
+        for m in _INVISIBLE.finditer(raw):
+            c, i, j = m.group(), m.start(), m.end()
+            before = raw[i - 1] if i else " "
+            after = raw[j] if j < len(raw) else " "
+            # Inside a Latin word it splits the word to slip past filters; overrides reorder text.
+            if c in _BIDI_OVERRIDES or (before.isascii() and before.isalpha()
+                                        and after.isascii() and after.isalpha()):
+                suspicious += 1
+        suspicious += sum(1 for c in raw if "\U000e0000" <= c <= "\U000e007f")  # tag characters
+        if suspicious:
+            score += min(1.0, suspicious / 3)
         if _MIXED_SCRIPT.search(raw):
             score += 0.5
     if "<" in raw or ":" in raw:
         score += min(1.0, len(_MARKUP.findall(raw)) / 2)
     return min(1.0, score)
+
+
+def _embedded_instruction(raw: str) -> float:
+    """1 when a table carries a line that asks its reader to do something (see the module doc)."""
+    lines = [line.strip() for line in raw.splitlines() if line.strip()]
+    table = sum(1 for line in lines if line.startswith("|") or line.count("|") >= 3)
+    if table < 3:
+        return 0.0
+    for line in lines:
+        if line.startswith("|") or line.count("|") >= 2:
+            continue
+        words = _WORD.findall(line)
+        if 4 <= len(words) <= 60 and words[0].lower() in _TASK_VERBS:
+            return 1.0
+    return 0.0
 
 
 def document_features(raw: str, canonical: str, tokens: Iterable[str]) -> list[float]:
@@ -189,7 +249,8 @@ def document_features(raw: str, canonical: str, tokens: Iterable[str]) -> list[f
     if not _CODE_TRIGGERS.isdisjoint(token_set):
         code = min(1.0, len(_CODE.findall(canonical)) / 2)
     url = _url_risk(raw) if ("://" in raw or "data:" in raw or "javascript:" in raw) else 0.0
-    return [override, directive, _hidden_risk(raw), url, code, 0.0]
+    embedded = _embedded_instruction(raw) if "|" in raw else 0.0
+    return [override, directive, embedded, _hidden_risk(raw), url, code, 0.0]
 
 
 @dataclass(frozen=True)
@@ -229,7 +290,7 @@ class PoisonModel:
                 if c >= self.reason_floor:
                     fired.append((c, name))
         fired.sort(reverse=True)
-        return 1.0 / (1.0 + math.exp(-z)), tuple(name for _, name in fired)
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z)))), tuple(name for _, name in fired)
 
     # -- calibration hook -----------------------------------------------------------------------
 
@@ -241,6 +302,8 @@ class PoisonModel:
         *,
         l2: float = 1.0,
         sample_weight: np.ndarray | None = None,
+        prior: PoisonModel | None = None,
+        nonnegative: bool = True,
         provenance: str = "fitted",
         iterations: int = 50,
     ) -> PoisonModel:
@@ -251,6 +314,12 @@ class PoisonModel:
             y: ``(n,)`` labels in {0, 1}.
             l2: ridge penalty on the weights (not the bias); keeps rare features from exploding.
             sample_weight: per-row weights, e.g. to balance attack families.
+            prior: shrink towards these weights instead of towards 0 (a Gaussian prior). A feature
+                the data never exercises — an attack family absent from the training set — then
+                keeps its prior weight instead of losing it.
+            nonnegative: every feature is evidence *for* poison; a weight the data pushes below 0
+                (a feature that happened to fire only on clean text) is pinned at 0 and the rest
+                refitted, so no attack can lower its own score by adding a signal.
         """
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
@@ -258,17 +327,31 @@ class PoisonModel:
             raise ConfigError(f"fit needs x of shape (n, {len(FEATURES)}) and y of shape (n,)")
         sw = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         a = np.hstack([np.ones((len(y), 1)), x])
-        beta = np.zeros(a.shape[1])
+        centre = np.zeros(a.shape[1])
         penalty = np.full(a.shape[1], l2)
         penalty[0] = 0.0
-        for _ in range(iterations):
-            p = 1.0 / (1.0 + np.exp(-(a @ beta)))
-            grad = a.T @ (sw * (p - y)) + penalty * beta
-            hess = (a * (sw * p * (1 - p))[:, None]).T @ a + np.diag(penalty + 1e-9)
-            step = np.linalg.solve(hess, grad)
-            beta -= step
-            if np.max(np.abs(step)) < 1e-8:
+        if prior is not None:
+            centre[0], centre[1:] = prior.bias, prior.weights
+            # Clean text fires nothing, so the data alone would push the bias to -inf: hold it
+            # near the prior's as well, more loosely than the weights.
+            penalty[0] = l2 / 10
+        free = np.ones(a.shape[1], dtype=bool)
+        beta = centre.copy()
+        for _ in range(len(FEATURES) + 1):  # active set: pin negative weights at 0, refit the rest
+            beta = np.where(free, beta, 0.0)
+            for _ in range(iterations):
+                p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta, -50, 50)))
+                grad = (a.T @ (sw * (p - y)) + penalty * (beta - centre))[free]
+                hess = ((a * (sw * p * (1 - p))[:, None]).T @ a + np.diag(penalty + 1e-9))[np.ix_(free, free)]
+                step = np.linalg.solve(hess, grad)
+                beta[free] -= step
+                if np.max(np.abs(step)) < 1e-8:
+                    break
+            negative = free & (beta < 0)
+            negative[0] = False
+            if not nonnegative or not negative.any():
                 break
+            free &= ~negative
         return cls(tuple(float(b) for b in beta[1:]), float(beta[0]), provenance=provenance)
 
     # -- the shipped artefact -------------------------------------------------------------------

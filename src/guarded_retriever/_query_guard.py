@@ -4,8 +4,10 @@
     PoisonedRAG-style passages are written *for* a question and carry it verbatim, because that is
     what makes a retriever rank them first. The strength is 1 when the canonical query occurs in the
     passage; otherwise it is the share of the query's word 3-grams found in the passage, mapped so
-    that half or less counts as 0 (topical overlap is normal, copying is not). Queries of fewer than
-    four words are too short to echo meaningfully and score 0.
+    that half or less counts as 0 (topical overlap is normal, copying is not). A short query turns up
+    verbatim in honest passages by chance ("causes of chest pain"), a long one does not, so the
+    strength is scaled by the query's length: ×0.25 at four words up to ×1 at seven or more.
+    Queries of fewer than four words score 0.
 ``paraphrase_cluster``
     An attacker plants several mutually paraphrasing passages so one of them survives any
     de-duplication and together they dominate the top-k. The strength is the number of other
@@ -26,7 +28,7 @@ _MIN_QUERY_TOKENS = 4
 class EchoScorer:
     """``query_echo`` for one query against many passages; the query's 3-grams are built once."""
 
-    __slots__ = ("_grams", "_query")
+    __slots__ = ("_grams", "_query", "_scale")
 
     def __init__(self, query_canonical: str, query_tokens: Sequence[str]) -> None:
         self._query = query_canonical
@@ -35,6 +37,7 @@ class EchoScorer:
             [f" {t[i]} {t[i + 1]} {t[i + 2]} " for i in range(len(t) - 2)]
             if len(t) >= _MIN_QUERY_TOKENS else []
         )
+        self._scale = min(1.0, (len(t) - _MIN_QUERY_TOKENS + 1) / 4)
 
     def __call__(self, passage_canonical: str) -> float:
         """How verbatim the passage repeats the query, in [0, 1]."""
@@ -42,10 +45,10 @@ class EchoScorer:
         if not grams:
             return 0.0
         if self._query in passage_canonical:
-            return 1.0
+            return self._scale
         padded = f" {passage_canonical} "
         found = sum(g in padded for g in grams)
-        return max(0.0, (found / len(grams) - 0.5) / 0.5)
+        return self._scale * max(0.0, (found / len(grams) - 0.5) / 0.5)
 
 
 def query_echo(query_canonical: str, query_tokens: Sequence[str], passage_canonical: str) -> float:
