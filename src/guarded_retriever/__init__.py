@@ -44,7 +44,7 @@ from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch, Prepar
 from ._ledger import Ledger, LedgerRecord
 from ._manifest import IngestManifest, ManifestSigner, SignedManifest
 from ._namespace import Namespace, NamespaceSchema
-from ._poison import FEATURES, PoisonModel, threshold_at_fpr
+from ._poison import FEATURES, INGEST_FEATURES, QUERY_FEATURES, PoisonModel, document_features, threshold_at_fpr
 from ._policy import Provenance, TrustPolicy, provenance_score
 
 __version__ = "0.1.0"
@@ -65,6 +65,7 @@ __all__ = [
     "GuardedRetrieverError",
     "HashingEmbedder",
     "Hit",
+    "INGEST_FEATURES",
     "IngestManifest",
     "IngestPipeline",
     "IngestReport",
@@ -87,6 +88,7 @@ __all__ = [
     "PreparedBatch",
     "PreparedDocument",
     "Provenance",
+    "QUERY_FEATURES",
     "RevokedContentError",
     "SearchResult",
     "SignatureError",
@@ -102,6 +104,7 @@ __all__ = [
     "contract_schema",
     "dedupe",
     "delta_s",
+    "document_features",
     "hamming",
     "lambda_state",
     "linear_fusion",

@@ -33,12 +33,12 @@ from typing import Any, TextIO
 import numpy as np
 
 from ._config import FusionWeights, GuardConfig
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, MissingExtraError
 from ._index import GuardedIndex
 from ._poison import FEATURES, PoisonModel
 from ._policy import TrustPolicy
 
-__all__ = ["BundleRun", "load_bundle", "run_bundle", "run_redteam", "score_run"]
+__all__ = ["BundleRun", "load_bundle", "plot_run", "roc_curve", "run_bundle", "run_redteam", "score_run"]
 
 ASR_DEPTH = 5
 EVAL_DEPTH = 10
@@ -382,3 +382,29 @@ def roc_curve(run: BundleRun) -> tuple[np.ndarray, np.ndarray]:
     fpr = np.array([0.0, *[(scores[~y] >= t).mean() for t in thresholds], 1.0])
     tpr = np.array([0.0, *[(scores[y] >= t).mean() for t in thresholds], 1.0])
     return fpr, tpr
+
+
+def plot_run(run: BundleRun, report: dict[str, Any], path: str | Path) -> None:
+    """Save the document-level ROC and the per-attack recall at τ as one PNG (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - matplotlib is in the dev extra
+        raise MissingExtraError("plotting needs matplotlib: pip install 'guarded-retriever[dev]'") from exc
+    fpr, tpr = roc_curve(run)
+    fig, (roc, bars) = plt.subplots(1, 2, figsize=(10, 4))
+    roc.plot(fpr, tpr, drawstyle="steps-post")
+    roc.axvline(0.01, color="grey", linestyle=":", label="FPR 1%")
+    at = report["at_threshold"]
+    roc.scatter([at["fpr"]], [at["recall"]], color="red", zorder=3, label=f"τ = {report['threshold']}")
+    roc.set_xscale("symlog", linthresh=1e-3)
+    roc.set(xlabel="false-positive rate", ylabel="recall", title=f"ROC (AUC {report['roc']['auc']:.3f})")
+    roc.legend(loc="lower right")
+    attacks = report["per_attack"]
+    bars.barh(list(attacks), [a["recall"] for a in attacks.values()])
+    bars.set(xlim=(0, 1), xlabel="recall at τ", title="per attack")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
