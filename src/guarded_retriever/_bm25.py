@@ -20,6 +20,7 @@ an ``argpartition`` over those candidates.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Sequence
 
@@ -34,7 +35,7 @@ class BM25Shard:
     """An append-only BM25 index over rows ``0..n-1``; dead rows are excluded from statistics."""
 
     __slots__ = (
-        "_alive", "_doc_terms", "_dirty", "_indptr", "_postings", "_vocab", "_weights", "b", "k1",
+        "_alive", "_doc_terms", "_dirty", "_indptr", "_local", "_postings", "_vocab", "_weights", "b", "k1",
     )
 
     def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
@@ -47,6 +48,7 @@ class BM25Shard:
         self._indptr = np.zeros(1, dtype=np.int64)
         self._postings = np.zeros(0, dtype=np.int32)
         self._weights = np.zeros(0, dtype=np.float32)
+        self._local = threading.local()
 
     def __len__(self) -> int:
         return len(self._doc_terms)
@@ -99,23 +101,64 @@ class BM25Shard:
         self._indptr[1:] = np.cumsum(df.astype(np.int64))
         self._dirty = False
 
-    def scores(self, query_tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, scores)`` of every live document matching at least one query term, rows sorted."""
+    def _spans(self, query_tokens: Sequence[str]) -> list[tuple[int, int]]:
         if self._dirty:
             self._rebuild()
-        vocab = self._vocab
-        ids = [vocab[t] for t in query_tokens if t in vocab]
-        if not ids:
+        vocab, indptr = self._vocab, self._indptr
+        # A repeated query term counts once per occurrence, as in rank_bm25.
+        return [(int(indptr[i]), int(indptr[i + 1])) for i in (vocab[t] for t in query_tokens if t in vocab)]
+
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-thread accumulators, one slot per row, all zero between calls."""
+        local = self._local
+        acc = getattr(local, "acc", None)
+        n = len(self._doc_terms)
+        if acc is None or len(acc) < n:
+            local.acc = acc = np.zeros(max(n, 1024) * 2, dtype=np.float64)
+            local.seen = np.zeros(len(acc), dtype=bool)
+        return acc, local.seen
+
+    def scores(self, query_tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, scores)`` of every live document matching at least one query term.
+
+        Term at a time into a per-thread accumulator: the work is proportional to the postings
+        of the query's terms, never to the number of documents, and nothing is sorted.
+        """
+        spans = self._spans(query_tokens)
+        if not spans:
             return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
-        indptr = self._indptr
-        spans = [(int(indptr[i]), int(indptr[i + 1])) for i in ids]
+        postings, weights = self._postings, self._weights
         if len(spans) == 1:
             s, e = spans[0]
-            return self._postings[s:e], self._weights[s:e]  # rows are sorted within a posting list
-        rows = np.concatenate([self._postings[s:e] for s, e in spans])
-        weights = np.concatenate([self._weights[s:e] for s, e in spans])
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        return uniq, np.bincount(inverse, weights=weights).astype(np.float32)
+            return postings[s:e], weights[s:e]
+        acc, seen = self._scratch()
+        parts = []
+        for s, e in spans:
+            rows = postings[s:e]
+            fresh = rows[~seen[rows]]  # a posting list holds each row once, so += is exact
+            seen[fresh] = True
+            parts.append(fresh)
+            acc[rows] += weights[s:e]
+        rows = np.concatenate(parts)
+        out = acc[rows].astype(np.float32)
+        acc[rows] = 0.0
+        seen[rows] = False
+        return rows, out
+
+    def score_rows(self, query_tokens: Sequence[str], rows: np.ndarray) -> np.ndarray:
+        """Exact scores of the given rows (0 where no term matches): a binary search per term."""
+        out = np.zeros(len(rows), dtype=np.float64)
+        if not len(rows):
+            return out
+        postings, weights = self._postings, self._weights
+        for s, e in self._spans(query_tokens):
+            if s == e:
+                continue
+            plist = postings[s:e]  # sorted by row within a posting list
+            pos = np.searchsorted(plist, rows).clip(max=e - s - 1)
+            hit = plist[pos] == rows
+            out[hit] += weights[s:e][pos[hit]]
+        return out
 
     def top(self, query_tokens: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(rows, scores)`` by descending score; only rows with a positive score."""

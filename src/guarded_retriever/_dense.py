@@ -58,7 +58,8 @@ def check_vectors(vectors: Any, dim: int | None, n: int) -> np.ndarray:
 class DenseShard:
     """The vectors of one namespace and the FAISS index over them."""
 
-    __slots__ = ("_dead", "_index", "_index_rows", "_n", "_vectors", "dim", "ivf_threshold", "kind")
+    __slots__ = ("_alive_bits", "_dead", "_index", "_index_rows", "_n", "_vectors", "dim", "ivf_threshold",
+                 "kind")
 
     def __init__(self, dim: int, kind: IndexKind = "auto", ivf_threshold: int = 20_000) -> None:
         self.dim = dim
@@ -69,6 +70,7 @@ class DenseShard:
         self._dead: set[int] = set()
         self._index: Any = None
         self._index_rows = 0  # rows already added to self._index
+        self._alive_bits: np.ndarray | None = None  # FAISS's deletion bitmap, rebuilt after a change
 
     def __len__(self) -> int:
         return self._n
@@ -87,9 +89,11 @@ class DenseShard:
             self._vectors = grown
         self._vectors[self._n : need] = vectors
         self._n = need
+        self._alive_bits = None
 
     def remove(self, row: int) -> None:
         self._dead.add(row)
+        self._alive_bits = None
 
     def resolved_kind(self) -> Literal["flat", "ivf", "hnsw"]:
         if self.kind != "auto":
@@ -145,9 +149,12 @@ class DenseShard:
         index = self._ensure_index()
         q = query.reshape(1, -1)
         if self._dead:
-            alive = np.ones(self._n, dtype=bool)
-            alive[list(self._dead)] = False
-            bits = np.packbits(alive, bitorder="little")  # must outlive the search: FAISS keeps a pointer
+            bits = self._alive_bits
+            if bits is None:  # built once per change, not per query (it is O(N))
+                alive = np.ones(self._n, dtype=bool)
+                alive[list(self._dead)] = False
+                bits = self._alive_bits = np.packbits(alive, bitorder="little")
+            # `bits` must outlive the search: FAISS keeps a raw pointer to it.
             params = _search_params(index, faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bits)))
             scores, rows = index.search(q, k, params=params)
         else:

@@ -28,7 +28,11 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
-__all__ = ["dedupe", "linear_fusion", "max_normalize", "minmax_normalize", "weighted_rrf"]
+import numpy as np
+
+__all__ = [
+    "dedupe", "linear_fusion", "linear_fusion_arrays", "max_normalize", "minmax_normalize", "weighted_rrf",
+]
 
 K = TypeVar("K", bound=Hashable)
 """The stable id: a document id, or a row number inside one namespace's shard."""
@@ -39,23 +43,49 @@ def dedupe(ids: Iterable[K]) -> list[K]:
     return list(dict.fromkeys(ids))
 
 
+def _max_norm(x: np.ndarray) -> np.ndarray:
+    top = float(x.max()) if x.size else 0.0
+    return x / top if top > 0 else np.zeros_like(x)
+
+
+def _minmax_norm(x: np.ndarray) -> np.ndarray:
+    if not x.size:
+        return x
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo <= 1e-12:
+        return np.ones_like(x)
+    return (x - lo) / (hi - lo)
+
+
 def max_normalize(scores: Mapping[K, float]) -> dict[K, float]:
     """``x / max`` over the pool; an all-zero pool stays zero."""
-    top = max(scores.values(), default=0.0)
-    if top <= 0:
-        return dict.fromkeys(scores, 0.0)
-    return {i: s / top for i, s in scores.items()}
+    values = _max_norm(np.fromiter(scores.values(), dtype=np.float64, count=len(scores)))
+    return dict(zip(scores, values.tolist(), strict=True))
 
 
 def minmax_normalize(scores: Mapping[K, float]) -> dict[K, float]:
     """``(x − min) / (max − min)`` over the pool; a constant pool maps to 1."""
-    if not scores:
-        return {}
-    lo, hi = min(scores.values()), max(scores.values())
-    if hi - lo <= 1e-12:
-        return dict.fromkeys(scores, 1.0)
-    span = hi - lo
-    return {i: (s - lo) / span for i, s in scores.items()}
+    values = _minmax_norm(np.fromiter(scores.values(), dtype=np.float64, count=len(scores)))
+    return dict(zip(scores, values.tolist(), strict=True))
+
+
+def linear_fusion_arrays(
+    bm25: np.ndarray,
+    dense: np.ndarray,
+    provenance: np.ndarray,
+    poison: np.ndarray,
+    *,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    delta: float,
+) -> np.ndarray:
+    """:func:`linear_fusion` over row-aligned arrays where every candidate has both signals.
+
+    The retrieval core's hot path: it scores each candidate exactly on both retrievers first,
+    so nothing is missing and one vectorised expression does the whole pool.
+    """
+    return alpha * _max_norm(bm25) + beta * _minmax_norm(dense) + gamma * provenance - delta * poison
 
 
 def linear_fusion(

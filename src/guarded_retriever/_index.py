@@ -36,7 +36,7 @@ from ._bm25 import top_k
 from ._dense import check_vectors
 from ._embed import Embedder, as_embedder
 from ._exceptions import ConfigError, DocumentError, NamespaceViolation
-from ._fusion import linear_fusion, weighted_rrf
+from ._fusion import linear_fusion_arrays, weighted_rrf
 from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch
 from ._ledger import Ledger
 from ._manifest import IngestManifest, SignedManifest
@@ -345,40 +345,36 @@ class GuardedIndex:
             retrieve_rows = cands.retrieve_rows(k)
             fused = self._fuse(shard, cands)
             norm = cands.normalisers()
-            order = sorted(fused, key=lambda r: (-fused[r], r))
-            fused_rows = order[:k]
-            pool = order[: k + cfg.guard_pool]
-            final_poison, reasons, feats = self._guard(shard, pool, qc, qtokens)
+            order = np.lexsort((cands.rows, -fused))  # positions in ``cands``, best first
+            fused_rows = cands.rows[order[:k]].tolist()
+            pool = order[: k + cfg.guard_pool].tolist()
+            pool_rows = cands.rows[pool].tolist()
+            final_poison, reasons, feats = self._guard(shard, pool_rows, qc, qtokens)
             tau = cfg.tau
-            scored: list[tuple[float, int]] = []
+            fused_at = fused.tolist()
+            rows = shard.rows
             # Query-time evidence quarantines, it does not re-rank: below τ, echo and clustering
             # mostly measure topicality (the relevant passages of a query resemble each other),
-            # and penalising that would cost clean ranking quality for no protection.
-            for r in pool:
-                row = shard.rows[r]
+            # and penalising that would cost clean ranking quality for no protection. So the
+            # survivors keep the pool's order.
+            for i, r in zip(pool, pool_rows, strict=True):
+                row = rows[r]
                 p = final_poison[r]
-                f = fused[r]
                 if p >= tau:
                     self.stats["quarantined_at_query"] += 1
-                    quarantined.append(self._hit(row, cands, r, f, p, reasons[r], "query", feats[r]))
-                else:
-                    scored.append((f, r))
-            scored.sort(key=lambda t: (-t[0], t[1]))
-            top = order[0]
-            if shard.rows[top].provenance < cfg.low_provenance_alert:
+                    quarantined.append(self._hit(row, cands, i, fused_at[i], p, reasons[r], "query", feats[r]))
+                elif len(kept) < k:
+                    if row.namespace != key:  # defence in depth: shards are per namespace already
+                        violations += 1
+                        self._violation(key, row)
+                        continue
+                    kept.append(self._hit(row, cands, i, fused_at[i], p, reasons[r], None, feats[r]))
+                    kept_rows.append(r)
+            top = pool_rows[0]
+            if rows[top].provenance < cfg.low_provenance_alert:
                 alerts.append("low_provenance_top")
             if final_poison[top] >= tau:
                 alerts.append("top_candidate_quarantined")
-            for f, r in scored:
-                if len(kept) == k:
-                    break
-                row = shard.rows[r]
-                if row.namespace != key:  # defence in depth: shards are per namespace already
-                    violations += 1
-                    self._violation(key, row)
-                    continue
-                kept.append(self._hit(row, cands, r, f, final_poison[r], reasons[r], None, feats[r]))
-                kept_rows.append(r)
         if qshard is not None and len(qshard):
             quarantined.extend(self._withheld(qshard, key, qtokens, qvec, k, kept, norm))
         if violations:
@@ -392,29 +388,24 @@ class GuardedIndex:
         state = lambda_state(stages["retrieve"], stages["fuse"], stages["quarantine"], has_context=bool(kept))
         return SearchResult(query, key, kept, quarantined, stages, state, alerts, violations)
 
-    def _fuse(self, shard: Shard, cands: _Candidates) -> dict[int, float]:
-        """Fused score per candidate row, by the functions of ``_fusion`` (keyed by row, unique in a shard)."""
+    def _fuse(self, shard: Shard, cands: _Candidates) -> np.ndarray:
+        """Fused score per candidate, aligned with ``cands.rows`` (rows are unique in a shard)."""
         cfg = self.config
         if cfg.fusion == "rrf":
-            return weighted_rrf([cands.bm25_rows.tolist(), cands.dense_rows.tolist()],
-                                cfg.rrf_weights, c=cfg.rrf_c)
-        rows = cands.rows.tolist()
-        prov, poison = shard.priors(rows)
+            by_row = weighted_rrf([cands.bm25_rows.tolist(), cands.dense_rows.tolist()],
+                                  cfg.rrf_weights, c=cfg.rrf_c)
+            return np.array([by_row.get(r, 0.0) for r in cands.rows.tolist()])
+        prov, poison = shard.priors(cands.rows)
         w = cfg.weights
-        return linear_fusion(
-            dict(zip(rows, cands.bm25.tolist(), strict=True)),
-            dict(zip(rows, cands.dense.tolist(), strict=True)),
-            dict(zip(rows, prov, strict=True)),
-            dict(zip(rows, poison, strict=True)),
-            alpha=w.alpha, beta=w.beta, gamma=w.gamma, delta=w.delta,
-        )
+        return linear_fusion_arrays(cands.bm25, cands.dense, prov, poison,
+                                    alpha=w.alpha, beta=w.beta, gamma=w.gamma, delta=w.delta)
 
     def _guard(
         self, shard: Shard, pool: Sequence[int], qc: str, qtokens: Sequence[str]
     ) -> tuple[dict[int, float], dict[int, tuple[str, ...]], dict[int, tuple[float, ...]]]:
         """Re-score the pool with the query-time features; ``(poison, reasons, features)`` per row."""
-        vectors = shard.dense.vectors[list(pool)]
-        cluster = paraphrase_cluster(vectors, self.config.paraphrase_cosine)
+        vectors = shard.dense.vectors[pool]
+        cluster = paraphrase_cluster(vectors, self.config.paraphrase_cosine).tolist()
         poison: dict[int, float] = {}
         reasons: dict[int, tuple[str, ...]] = {}
         feats: dict[int, tuple[float, ...]] = {}
@@ -423,21 +414,21 @@ class GuardedIndex:
         for i, r in enumerate(pool):
             row = shard.rows[r]
             echo = echo_of(row.canonical)
-            if echo == 0.0 and cluster[i] == 0.0:
+            if echo == 0.0 and cluster[i] == 0.0:  # nothing query-specific: the ingest verdict stands
                 poison[r], reasons[r], feats[r] = row.poison, row.reasons, row.features
                 continue
             features = list(row.features)
             features[_ECHO] = echo
-            features[_CLUSTER] = float(cluster[i])
+            features[_CLUSTER] = cluster[i]
             p, why = model.score(features)
             if p < row.poison:  # a judge's verdict at ingest is never lowered at query time
                 p, why = row.poison, row.reasons
             poison[r], reasons[r], feats[r] = round(p, 6), why, tuple(features)
         return poison, reasons, feats
 
-    def _hit(self, row: Row, cands: _Candidates, r: int, fused: float, poison: float,
+    def _hit(self, row: Row, cands: _Candidates, i: int, fused: float, poison: float,
              reasons: tuple[str, ...], stage: str | None, features: tuple[float, ...] | None = None) -> Hit:
-        i = cands.index_of(r)
+        """A hit for the candidate at position ``i`` of ``cands``."""
         return Hit(row.id, row.text, row.metadata, row.namespace, row.content_hash, row.source_url,
                    row.manifest_id, float(cands.bm25[i]), float(cands.dense[i]), row.provenance,
                    poison, round(fused, 6), reasons, stage,
@@ -467,7 +458,7 @@ class GuardedIndex:
                          + w.beta * min(1.0, max(0.0, (cands.dense[i] - dmin) / dspan))
                          + w.gamma * row.provenance)
             if relevance >= floor:
-                out.append(self._hit(row, cands, r, relevance - w.delta * row.poison, row.poison,
+                out.append(self._hit(row, cands, i, relevance - w.delta * row.poison, row.poison,
                                      row.reasons, "ingest"))
         return out
 
@@ -495,14 +486,13 @@ class GuardedIndex:
         if cands is None or not cands.rows.size:
             return []
         fused = self._fuse(qshard, cands)
-        order = sorted(fused, key=lambda r: (-fused[r], r))[:k]
         hits = []
-        for r in order:
-            row = qshard.rows[r]
+        for i in np.lexsort((cands.rows, -fused))[:k].tolist():
+            row = qshard.rows[int(cands.rows[i])]
             if row.namespace != ns.key:
                 self._violation(ns.key, row)
                 continue
-            hits.append(self._hit(row, cands, r, fused[r], row.poison, row.reasons, "ingest"))
+            hits.append(self._hit(row, cands, i, float(fused[i]), row.poison, row.reasons, "ingest"))
         return hits
 
     def screen(
@@ -684,7 +674,6 @@ class _Candidates:
     dense: np.ndarray
     bm25_rows: np.ndarray
     dense_rows: np.ndarray
-    _pos: dict[int, int] = field(default_factory=dict)
 
     @property
     def bm25_max(self) -> float:
@@ -701,11 +690,6 @@ class _Candidates:
     def normalisers(self) -> tuple[float, float, float]:
         return self.bm25_max, self.dense_min, self.dense_max - self.dense_min
 
-    def index_of(self, row: int) -> int:
-        if not self._pos:
-            self._pos = {int(r): i for i, r in enumerate(self.rows.tolist())}
-        return self._pos[row]
-
     def retrieve_rows(self, k: int) -> list[int]:
         return list(dict.fromkeys([*self.bm25_rows[:k].tolist(), *self.dense_rows[:k].tolist()]))
 
@@ -714,8 +698,8 @@ def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int,
                 dense: DenseSearch | None = None) -> _Candidates | None:
     if not len(shard):
         return None
-    all_rows, all_scores = shard.bm25.scores(qtokens)  # every row matching a term, sorted by row
-    b_rows, _ = top_k(all_rows, all_scores, n)
+    all_rows, all_scores = shard.bm25.scores(qtokens)  # every row matching a term
+    b_rows, b_scores = top_k(all_rows, all_scores, n)
     if dense is None:
         d_rows, _ = shard.dense.search(qvec, n)
         d_rows = d_rows.astype(np.int32)
@@ -724,14 +708,11 @@ def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int,
         positions = shard.positions
         nominated = [positions[i] for i in dense(qvec, n) if isinstance(i, str) and i in positions]
         d_rows = np.asarray(list(dict.fromkeys(nominated))[:n], dtype=np.int32)
-    rows = np.union1d(b_rows, d_rows)
-    # Exact BM25 for every candidate: a dense-only candidate either matched no term (0) or sits
-    # below BM25's top-n; either way its score is in (all_rows, all_scores).
-    bm25 = np.zeros(len(rows))
-    if len(all_rows):
-        pos = np.searchsorted(all_rows, rows).clip(max=len(all_rows) - 1)
-        matched = all_rows[pos] == rows
-        bm25[matched] = np.maximum(all_scores[pos[matched]], 0.0)
-    dense = shard.dense.similarity(qvec, rows).astype(np.float64)
-    return _Candidates(rows, bm25, dense, b_rows, d_rows)
+    # Exact scores from the other signal for every candidate: BM25's own top-n already carry
+    # theirs; a dense-only candidate gets a binary search per query term (0 when none matches).
+    extra = np.setdiff1d(d_rows, b_rows, assume_unique=True)
+    rows = np.concatenate([b_rows, extra])
+    bm25 = np.maximum(np.concatenate([b_scores, shard.bm25.score_rows(qtokens, extra)]), 0.0)
+    cosines = shard.dense.similarity(qvec, rows).astype(np.float64)
+    return _Candidates(rows, bm25, cosines, b_rows, d_rows)
 

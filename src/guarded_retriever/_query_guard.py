@@ -47,7 +47,7 @@ class EchoScorer:
         if self._query in passage_canonical:
             return self._scale
         padded = f" {passage_canonical} "
-        found = sum(g in padded for g in grams)
+        found = sum(map(padded.__contains__, grams))
         return self._scale * max(0.0, (found / len(grams) - 0.5) / 0.5)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,8 @@ class Row:
 class Shard:
     """The documents of one namespace in one partition, with their BM25 and FAISS indexes."""
 
-    __slots__ = ("_poison", "_provenance", "alive", "bm25", "dense", "namespace", "positions", "rows")
+    __slots__ = ("_poison", "_prior_arrays", "_provenance", "alive", "bm25", "dense", "namespace", "positions",
+                 "rows")
 
     def __init__(self, namespace: str, dim: int, *, k1: float, b: float, kind: IndexKind) -> None:
         self.namespace = namespace
@@ -50,6 +50,7 @@ class Shard:
         # Row-aligned copies of the two per-document priors fusion needs, gathered per query.
         self._provenance: list[float] = []
         self._poison: list[float] = []
+        self._prior_arrays: tuple[np.ndarray, np.ndarray] | None = None
         self.bm25 = BM25Shard(k1=k1, b=b)
         self.dense = DenseShard(dim, kind=kind)
 
@@ -63,6 +64,7 @@ class Shard:
         self.rows.append(row)
         self._provenance.append(row.provenance)
         self._poison.append(row.poison)
+        self._prior_arrays = None
         self.alive.append(True)
         self.positions[row.id] = position
 
@@ -75,14 +77,13 @@ class Shard:
         self.dense.remove(position)
         return self.rows[position]
 
-    def priors(self, rows: list[int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """``(provenance, poison)`` of the given rows, in order."""
-        if not rows:
-            return (), ()
-        get = itemgetter(*rows)
-        if len(rows) == 1:
-            return (get(self._provenance),), (get(self._poison),)
-        return get(self._provenance), get(self._poison)
+    def priors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(provenance, poison)`` of the given rows, as arrays in the same order."""
+        arrays = self._prior_arrays
+        if arrays is None:  # rebuilt once after a batch, not per query
+            arrays = self._prior_arrays = (np.asarray(self._provenance, dtype=np.float64),
+                                           np.asarray(self._poison, dtype=np.float64))
+        return arrays[0][rows], arrays[1][rows]
 
 
 class Partition:
