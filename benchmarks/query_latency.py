@@ -74,11 +74,8 @@ class _Replay:
         outer = self
 
         class BM25:
-            def scores(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            def scores(self, tokens: list[str], also: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
                 return outer._bm25[tuple(tokens)]
-
-            def score_rows(self, tokens: list[str], rows: np.ndarray) -> np.ndarray:
-                return outer._real_bm25.score_rows(tokens, rows)
 
         class Dense:
             vectors = shard.dense.vectors
@@ -93,9 +90,9 @@ class _Replay:
         self._real_bm25, self._real_dense = shard.bm25, shard.dense
 
     def record(self, tokens: tuple[str, ...], v: np.ndarray) -> None:
-        self._bm25[tokens] = self._real_bm25.scores(list(tokens))
         qv = np.asarray(v, dtype=np.float32) / np.linalg.norm(v)
         self._dense[tokens] = self._real_dense.search(qv, 50)
+        self._bm25[tokens] = self._real_bm25.scores(list(tokens), also=self._dense[tokens][0].astype(np.int32))
 
 
 def main() -> None:

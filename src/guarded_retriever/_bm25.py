@@ -118,17 +118,25 @@ class BM25Shard:
             local.seen = np.zeros(len(acc), dtype=bool)
         return acc, local.seen
 
-    def scores(self, query_tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def scores(
+        self, query_tokens: Sequence[str], also: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, scores)`` of every live document matching at least one query term.
 
         Term at a time into a per-thread accumulator: the work is proportional to the postings
         of the query's terms, never to the number of documents, and nothing is sorted.
+
+        With ``also``, the exact scores of those rows (0 where nothing matches) are appended to
+        the result, rows first: the retrieval core reads its dense candidates' BM25 scores this
+        way, out of the same accumulator, for free.
         """
         spans = self._spans(query_tokens)
+        extra = also if also is not None else np.zeros(0, dtype=np.int32)
         if not spans:
-            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+            return (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)) if also is None else (
+                extra, np.zeros(len(extra), dtype=np.float32))
         postings, weights = self._postings, self._weights
-        if len(spans) == 1:
+        if len(spans) == 1 and also is None:
             s, e = spans[0]
             return postings[s:e], weights[s:e]
         acc, seen = self._scratch()
@@ -139,26 +147,12 @@ class BM25Shard:
             seen[fresh] = True
             parts.append(fresh)
             acc[rows] += weights[s:e]
+        parts.append(extra)
         rows = np.concatenate(parts)
         out = acc[rows].astype(np.float32)
         acc[rows] = 0.0
         seen[rows] = False
         return rows, out
-
-    def score_rows(self, query_tokens: Sequence[str], rows: np.ndarray) -> np.ndarray:
-        """Exact scores of the given rows (0 where no term matches): a binary search per term."""
-        out = np.zeros(len(rows), dtype=np.float64)
-        if not len(rows):
-            return out
-        postings, weights = self._postings, self._weights
-        for s, e in self._spans(query_tokens):
-            if s == e:
-                continue
-            plist = postings[s:e]  # sorted by row within a posting list
-            pos = np.searchsorted(plist, rows).clip(max=e - s - 1)
-            hit = plist[pos] == rows
-            out[hit] += weights[s:e][pos[hit]]
-        return out
 
     def top(self, query_tokens: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(rows, scores)`` by descending score; only rows with a positive score."""

@@ -698,21 +698,22 @@ def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int,
                 dense: DenseSearch | None = None) -> _Candidates | None:
     if not len(shard):
         return None
-    all_rows, all_scores = shard.bm25.scores(qtokens)  # every row matching a term
-    b_rows, b_scores = top_k(all_rows, all_scores, n)
     if dense is None:
-        d_rows, _ = shard.dense.search(qvec, n)
-        d_rows = d_rows.astype(np.int32)
+        d_rows = shard.dense.search(qvec, n)[0].astype(np.int32)
     else:
         # Only ids this namespace's shard holds count; the position map is the fence.
         positions = shard.positions
         nominated = [positions[i] for i in dense(qvec, n) if isinstance(i, str) and i in positions]
         d_rows = np.asarray(list(dict.fromkeys(nominated))[:n], dtype=np.int32)
-    # Exact scores from the other signal for every candidate: BM25's own top-n already carry
-    # theirs; a dense-only candidate gets a binary search per query term (0 when none matches).
-    extra = np.setdiff1d(d_rows, b_rows, assume_unique=True)
-    rows = np.concatenate([b_rows, extra])
-    bm25 = np.maximum(np.concatenate([b_scores, shard.bm25.score_rows(qtokens, extra)]), 0.0)
+    # One BM25 pass scores every matching row and, appended, the dense candidates (exactly: a
+    # dense-only candidate either matches no term, 0, or sits below BM25's top-n).
+    scored_rows, scored = shard.bm25.scores(qtokens, also=d_rows)
+    n_matched = len(scored_rows) - len(d_rows)
+    b_rows, b_scores = top_k(scored_rows[:n_matched], scored[:n_matched], n)
+    in_bm25 = set(b_rows.tolist())
+    extra = [i for i, r in enumerate(d_rows.tolist()) if r not in in_bm25]
+    rows = np.concatenate([b_rows, d_rows[extra]])
+    bm25 = np.maximum(np.concatenate([b_scores, scored[n_matched:][extra]]), 0.0).astype(np.float64)
     cosines = shard.dense.similarity(qvec, rows).astype(np.float64)
     return _Candidates(rows, bm25, cosines, b_rows, d_rows)
 
