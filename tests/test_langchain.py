@@ -364,6 +364,15 @@ def test_k_is_validated():
         acme.as_guarded_retriever().invoke("password", k=0)
 
 
+def test_reassigning_the_dense_side_takes_effect():
+    acme, _ = populated("memory")
+    retriever = acme.as_guarded_retriever(k=2)
+    assert "store" in retriever.invoke("password")[0].metadata["guarded_retriever"]["scores"]
+    retriever.vectorstore = None  # the index's own FAISS from now on
+    docs = retriever.invoke("password")
+    assert len(docs) == 2 and "store" not in docs[0].metadata["guarded_retriever"]["scores"]
+
+
 def test_namespace_binding_fails_closed():
     acme, _ = populated("memory")
     bound = acme.as_guarded_retriever()

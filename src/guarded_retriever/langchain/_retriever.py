@@ -86,7 +86,8 @@ class GuardedRetriever(BaseRetriever):
     metadata_key: str | None = GUARD_KEY
     """The metadata entry for the guard's details; ``None`` keeps only ``metadata["score"]``."""
 
-    _search: GuardedSearch = PrivateAttr()
+    _search_path: GuardedSearch | None = PrivateAttr(default=None)
+    _search_inputs: tuple[int, ...] = PrivateAttr(default=())
 
     def __init__(self, **data: Any) -> None:
         # Accept a Namespace or a mapping and keep the canonical key, validated with the index's
@@ -96,18 +97,30 @@ class GuardedRetriever(BaseRetriever):
             data["namespace"] = bind_namespace(data["index"], data["namespace"])
         super().__init__(**data)
 
-    @override
-    def model_post_init(self, context: Any, /) -> None:
-        side = None
-        if self.vectorstore is not None:
-            side = StoreSide(
-                self.vectorstore,
-                profile=self.store_profile,
-                query_by_vector=self.vectorstore.embeddings is self.index.embedder,
-                over_fetch=self.over_fetch,
-                max_fetch=self.max_fetch,
-            )
-        self._search = GuardedSearch(self.index, side)
+    @property
+    def _search(self) -> GuardedSearch:
+        # Built on first use and rebuilt if a field it depends on was reassigned since.
+        inputs = (
+            id(self.index),
+            id(self.vectorstore),
+            id(self.store_profile),
+            self.over_fetch,
+            self.max_fetch,
+        )
+        cached = self._search_path
+        if cached is None or inputs != self._search_inputs:
+            side = None
+            if self.vectorstore is not None:
+                side = StoreSide(
+                    self.vectorstore,
+                    profile=self.store_profile,
+                    query_by_vector=self.vectorstore.embeddings is self.index.embedder,
+                    over_fetch=self.over_fetch,
+                    max_fetch=self.max_fetch,
+                )
+            cached = self._search_path = GuardedSearch(self.index, side)
+            self._search_inputs = inputs
+        return cached
 
     def for_namespace(self, namespace: NamespaceLike) -> Self:
         """A view of this retriever bound to ``namespace``, sharing its index and store."""
