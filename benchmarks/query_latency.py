@@ -17,7 +17,6 @@ FAISS runs on one OpenMP thread (set by the package).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections import defaultdict
@@ -27,6 +26,7 @@ import numpy as np
 
 import guarded_retriever as gr
 from guarded_retriever._fusion import weighted_rrf
+from guarded_retriever.redteam import load_bundle
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -107,10 +107,9 @@ def main() -> None:
         docs, queries, doc_vecs, query_vecs = synthetic(args.synthetic)
         label = f"synthetic {args.synthetic}"
     else:
-        docs = [json.loads(line) for line in open(args.bundle / "corpus.jsonl", encoding="utf-8")]
-        queries = [json.loads(line) for line in open(args.bundle / "queries.jsonl", encoding="utf-8")]
-        doc_vecs = np.load(args.bundle / "embeddings/corpus.npy")
-        query_vecs = np.load(args.bundle / "embeddings/queries.npy")
+        bundle = load_bundle(args.bundle)
+        docs, queries = bundle.docs, bundle.queries
+        doc_vecs, query_vecs = np.asarray(bundle.doc_vectors), np.asarray(bundle.query_vectors)
         label = f"bundle {args.bundle.name}"
 
     index = gr.GuardedIndex(dim=doc_vecs.shape[1], policy=gr.TrustPolicy(manifest_required=False))

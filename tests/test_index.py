@@ -50,7 +50,7 @@ def test_tenant_a_never_sees_tenant_b(fusion, query):
 def test_isolation_holds_inside_each_signal():
     index = build()
     shard = index.main.shards[gr.Namespace.of(**NS_A).key]
-    rows, scores = shard.bm25.scores(gr.tokenize("zanzibar quokka protocol"))
+    rows, _ = shard.bm25.scores(gr.tokenize("zanzibar quokka protocol"))
     assert len(rows) == 0  # the terms exist only in B, so A's BM25 has no posting for them
     qvec = index._query_vector("zanzibar quokka protocol", None)
     d_rows, _ = shard.dense.search(qvec, 100)

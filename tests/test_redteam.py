@@ -81,7 +81,7 @@ def test_the_run_never_reads_labels_and_the_report_has_every_key(bundle: Path) -
     finally:
         hidden.rename(labels)
     report = score_run(run)
-    assert REQUIRED_KEYS <= set(report)
+    assert set(report) >= REQUIRED_KEYS
     assert report["threshold"] == gr.GuardConfig().tau
     assert report["documents"] == 12 * 4 + 5 + 1 + 2
     assert (report["poison"], report["benign_hard"]) == (6, 2)
@@ -105,7 +105,7 @@ def test_cli_writes_the_report_and_the_plot(bundle: Path, tmp_path: Path) -> Non
     code = main(["redteam", str(bundle), "--json", str(out), "--plot", str(png),
                  "--embedder", "hashing", "--quiet"])
     assert code == 0
-    assert REQUIRED_KEYS <= set(json.loads(out.read_text(encoding="utf-8")))
+    assert set(json.loads(out.read_text(encoding="utf-8"))) >= REQUIRED_KEYS
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

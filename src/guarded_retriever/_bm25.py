@@ -35,7 +35,16 @@ class BM25Shard:
     """An append-only BM25 index over rows ``0..n-1``; dead rows are excluded from statistics."""
 
     __slots__ = (
-        "_alive", "_doc_terms", "_dirty", "_indptr", "_local", "_postings", "_vocab", "_weights", "b", "k1",
+        "_alive",
+        "_dirty",
+        "_doc_terms",
+        "_indptr",
+        "_local",
+        "_postings",
+        "_vocab",
+        "_weights",
+        "b",
+        "k1",
     )
 
     def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:

@@ -19,10 +19,13 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from ._exceptions import EmbeddingError
+
+# faiss's bundled stubs miss the SWIG search-parameter classes and selectors; treat it as untyped.
+faiss: Any = _faiss
 
 __all__ = ["DenseShard", "IndexKind", "check_vectors"]
 
@@ -164,7 +167,8 @@ class DenseShard:
 
     def similarity(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact cosine of the query with the given rows (for candidates found by BM25 only)."""
-        return self._vectors[rows] @ query
+        sims: np.ndarray = self._vectors[rows] @ query
+        return sims
 
 
 def _kind_of(index: Any) -> str:

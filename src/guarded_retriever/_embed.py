@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,7 +53,7 @@ class HashingEmbedder:
 
     def _one(self, text: str) -> np.ndarray:
         tokens = tokenize(canonicalize(text))
-        features = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+        features = tokens + [f"{a} {b}" for a, b in pairwise(tokens)]
         vec = np.zeros(self.dim, dtype=np.float32)
         for f in features or ["\x00empty"]:
             h = xxhash.xxh64_intdigest(f.encode("utf-8"), seed=self.seed)
@@ -103,7 +104,8 @@ class MiniLMEmbedder:
         return out
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self.embed_documents([text])[0]
+        row: np.ndarray = self.embed_documents([text])[0]
+        return row
 
 
 def verify_model_file(path: Path, sha256: str) -> None:

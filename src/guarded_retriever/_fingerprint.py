@@ -89,7 +89,8 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     x = x + _U64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
-    return x ^ (x >> _U64(31))
+    out: np.ndarray = x ^ (x >> _U64(31))
+    return out
 
 
 def simhash64_batch(token_lists: Sequence[Sequence[str]]) -> np.ndarray:
@@ -121,8 +122,8 @@ def simhash64_batch(token_lists: Sequence[Sequence[str]]) -> np.ndarray:
     with np.errstate(over="ignore"):
         shingles = _splitmix64(h[first] ^ _rotl(h[first + 1], 21) ^ _rotl(h[first + 2], 42))
     # Bit j of every shingle hash, little-endian, so the layout is the same on every platform.
-    bits = np.unpackbits(shingles.astype("<u8").view(np.uint8), bitorder="little")
-    bits = bits.reshape(total, 64).astype(np.int32)
+    bits = np.unpackbits(shingles.astype("<u8").view(np.uint8), bitorder="little").reshape(total, 64)
+    bits = bits.astype(np.int32)
     has = counts > 0
     sums = np.add.reduceat(bits, (np.cumsum(counts) - counts)[has], axis=0)
     majority = (2 * sums > counts[has, None]).astype(np.uint8)

@@ -29,19 +29,19 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ._bm25 import top_k
 from ._canonical import canonicalize, tokenize
 from ._config import GuardConfig
 from ._contract import delta_s, lambda_state, next_fix, validate_contract
-from ._bm25 import top_k
 from ._dense import check_vectors
 from ._embed import Embedder, as_embedder
 from ._exceptions import ConfigError, DocumentError, NamespaceViolation
+from ._fingerprint import content_hash
 from ._fusion import linear_fusion_arrays, weighted_rrf
 from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch
 from ._ledger import Ledger
 from ._manifest import IngestManifest, SignedManifest
 from ._namespace import Namespace
-from ._fingerprint import content_hash
 from ._poison import FEATURES, PoisonModel, document_features
 from ._policy import TrustPolicy
 from ._query_guard import EchoScorer, paraphrase_cluster
@@ -284,7 +284,8 @@ class GuardedIndex:
             if self.embedder is None:
                 raise ConfigError("no embedder configured: pass query_vector=")
             query_vector = self.embedder.embed_query(query)
-        return check_vectors(np.asarray(query_vector, dtype=np.float32).reshape(1, -1), self.dim, 1)[0]
+        row: np.ndarray = check_vectors(np.asarray(query_vector, dtype=np.float32).reshape(1, -1), self.dim, 1)[0]
+        return row
 
     def _check_request(self, query: Any, namespace: Any, k: Any) -> Namespace:
         ns = self.pipeline.schema.parse(namespace)

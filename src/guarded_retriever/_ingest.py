@@ -249,7 +249,8 @@ class IngestPipeline:
         seen: set[str] = set()
         for d in docs:
             if not isinstance(d.id, str) or not d.id or len(d.id) > MAX_ID_LENGTH:
-                raise DocumentError(f"id must be a non-empty string of at most {MAX_ID_LENGTH} characters, got {d.id!r}")
+                raise DocumentError(
+                    f"id must be a non-empty string of at most {MAX_ID_LENGTH} characters, got {d.id!r}")
             if d.id in seen:
                 raise DocumentError("id appears twice in the batch", doc_id=d.id)
             seen.add(d.id)

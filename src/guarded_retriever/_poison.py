@@ -188,9 +188,9 @@ def _url_risk(raw: str) -> float:
             hits += 1
             continue
         host = host.lower().rsplit("@", 1)[-1]
-        if _IPV4.match(host) or host.startswith("[") or "xn--" in host:
-            hits += 1
-        elif len(host) >= 20 and _entropy(host.split(":")[0]) > 4.0:
+        raw_ip = _IPV4.match(host) or host.startswith("[")
+        random_looking = len(host) >= 20 and _entropy(host.split(":")[0]) > 4.0
+        if raw_ip or "xn--" in host or random_looking:
             hits += 1
     return min(1.0, hits / 2)
 
@@ -401,7 +401,7 @@ def threshold_at_fpr(scores: np.ndarray, labels: np.ndarray, target_fpr: float) 
     neg = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(labels) == 0])[::-1]
     if len(neg) == 0:
         return 0.0
-    allowed = int(math.floor(target_fpr * len(neg)))
+    allowed = math.floor(target_fpr * len(neg))
     if allowed >= len(neg):
         return 0.0
     return float(np.nextafter(neg[allowed], np.inf))

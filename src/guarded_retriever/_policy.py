@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from ._config import SettingsModel
-
 from ._exceptions import (
     ManifestRequiredError,
     UntrustedSignerError,

@@ -57,5 +57,5 @@ class SimhashIndex:
             ids = self._bands.get((b, (simhash >> (b * _BAND_BITS)) & _BAND_MASK))
             if ids:
                 found |= ids
-        found.discard(exclude)  # type: ignore[arg-type]
+        found.discard(exclude)
         return {i for i in found if hamming(self._hashes[i], simhash) <= self.max_distance}

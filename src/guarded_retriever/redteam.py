@@ -277,7 +277,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def recall_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> tuple[float, float]:
     """``(recall, threshold)`` at the lowest threshold whose false-positive rate is ≤ ``fpr``."""
     neg = np.sort(scores[labels == 0])[::-1]
-    allowed = int(math.floor(fpr * len(neg)))
+    allowed = math.floor(fpr * len(neg))
     # Flag everything strictly above the (allowed+1)-th highest negative score.
     threshold = float(np.nextafter(neg[allowed], np.inf)) if allowed < len(neg) else float(neg.min())
     recall = float((scores[labels == 1] >= threshold).mean()) if (labels == 1).any() else float("nan")
@@ -391,8 +391,8 @@ def plot_run(run: BundleRun, report: dict[str, Any], path: str | Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - matplotlib is in the dev extra
-        raise MissingExtraError("plotting needs matplotlib: pip install 'guarded-retriever[dev]'") from exc
+    except ImportError:  # pragma: no cover - matplotlib is in the dev extra
+        raise MissingExtraError("dev", "matplotlib") from None
     fpr, tpr = roc_curve(run)
     fig, (roc, bars) = plt.subplots(1, 2, figsize=(10, 4))
     roc.plot(fpr, tpr, drawstyle="steps-post")
