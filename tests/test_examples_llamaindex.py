@@ -1,0 +1,78 @@
+"""The LlamaIndex examples run as CI runs them (offline, warnings as errors) and show what they say."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# Runs an example as __main__ with every socket connection refused: nothing may be downloaded.
+OFFLINE = (
+    "import runpy, socket, sys\n"
+    "def refuse(*args, **kwargs):\n"
+    "    raise OSError('network access attempted')\n"
+    "socket.socket.connect = refuse\n"
+    "socket.socket.connect_ex = refuse\n"
+    "runpy.run_path(sys.argv[1], run_name='__main__')\n"
+)
+
+
+def run(name: str) -> str:
+    done = subprocess.run([sys.executable, "-W", "error", "-c", OFFLINE, str(EXAMPLES / name)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def listed(out: str, label: str) -> list[str]:
+    line = next(ln for ln in out.splitlines() if ln.startswith(f"{label}: "))
+    return list(ast.literal_eval(line.removeprefix(f"{label}: ")))
+
+
+def prompt_of(out: str) -> str:
+    return out.split("== prompt (MockLLM echoes it) ==", 1)[1].split("== contract ==", 1)[0]
+
+
+def test_the_query_engine_example():
+    out = run("llamaindex_query_engine.py")
+    assert "quarantined ['acme-forum-2']" in out.splitlines()[0]  # the injection, at ingest
+    sources = listed(out, "sources")
+    assert sources and all(s.startswith("acme-kb-") for s in sources)
+    scores = listed(out, "scores")
+    assert scores == sorted(scores, reverse=True)
+    for echo in ("acme-forum-3", "acme-forum-4", "acme-forum-5"):
+        assert f"event: quarantined {echo} at query" in out
+        assert echo in listed(out, "quarantined")
+    prompt = prompt_of(out)
+    assert "open Settings, choose Security" in prompt
+    for leaked in ("198.51.100.7", "reset@acme-helpdesk.example", "Globex", "guarded_retriever",
+                   "provenance"):
+        assert leaked not in prompt
+    assert listed(out, "kept") == sources
+    assert set(listed(out, "globex sees")) == {"globex-it-1", "globex-it-2"}
+
+
+def test_the_postprocessor_example():
+    out = run("llamaindex_postprocessor.py")
+    unguarded = listed(out, "unguarded sources")
+    assert {"globex-it-1", "orphan-1", "acme-forum-2"} <= set(unguarded)  # the problem it solves
+    guarded = listed(out, "guarded sources")
+    assert set(guarded) == {"acme-kb-1", "acme-kb-2", "acme-forum-1"}
+    assert guarded == [s for s in unguarded if s in guarded]  # filtered, not re-ranked
+    assert "event: quarantined ['acme-forum-2']" in out
+    dropped = next(ln for ln in out.splitlines() if ln.startswith("event: dropped"))
+    assert set(ast.literal_eval(dropped.split(": ", 2)[2])) == {
+        "globex-it-1", "globex-it-2", "orphan-1", "acme-staging-1"}
+    assert "acme-kb-1: score" in out and "provenance 1.00" in out
+    prompt = prompt_of(out)
+    assert "open Settings, choose Security" in prompt
+    for leaked in ("198.51.100.7", "Globex", "staging", "whoever set it up", "tenant_id",
+                   "guarded_retriever"):
+        assert leaked not in prompt
