@@ -73,6 +73,26 @@ class BM25Shard:
         self._dirty = True
         return len(self._doc_terms) - 1
 
+    @classmethod
+    def restore(cls, vocabulary: list[str], terms: np.ndarray, tfs: np.ndarray, offsets: np.ndarray,
+                *, k1: float, b: float) -> BM25Shard:
+        """Rebuild from :meth:`vocabulary` and :meth:`term_lists` output, without re-tokenising."""
+        shard = cls(k1=k1, b=b)
+        shard._vocab = {t: i for i, t in enumerate(vocabulary)}
+        bounds = offsets.tolist()
+        shard._doc_terms = [(terms[s:e], tfs[s:e]) for s, e in zip(bounds, bounds[1:], strict=False)]
+        shard._alive = [True] * len(shard._doc_terms)
+        shard._dirty = True
+        return shard
+
+    def vocabulary(self) -> list[str]:
+        """Terms by id."""
+        return list(self._vocab)
+
+    def term_lists(self, rows: Sequence[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``(term ids, term counts)`` of the given rows."""
+        return [self._doc_terms[r][0] for r in rows], [self._doc_terms[r][1] for r in rows]
+
     def remove(self, row: int) -> None:
         if self._alive[row]:
             self._alive[row] = False

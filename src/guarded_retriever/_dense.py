@@ -98,6 +98,31 @@ class DenseShard:
         self._dead.add(row)
         self._alive_bits = None
 
+    def dead_rows(self) -> frozenset[int]:
+        return frozenset(self._dead)
+
+    def replace(self, row: int, vector: np.ndarray) -> None:
+        """Overwrite one row's (validated, normalised) vector; the FAISS index is rebuilt lazily."""
+        if not self._vectors.flags.writeable:  # memory-mapped after a load
+            self._vectors = np.array(self._vectors)
+        self._vectors[row] = vector
+        self._index = None
+
+    def trained_index(self) -> Any:
+        """The up-to-date IVF / HNSW index worth saving, or ``None`` for a flat or brute-force one."""
+        if self.resolved_kind() == "flat" or self._n <= _BRUTE_FORCE_MAX:
+            return None
+        return self._ensure_index()
+
+    def restore(self, vectors: np.ndarray, index: Any = None) -> None:
+        """Adopt loaded vectors (possibly memory-mapped) and, when given, their saved FAISS index."""
+        self._vectors = vectors
+        self._n = len(vectors)
+        self._dead = set()
+        self._alive_bits = None
+        self._index = index if index is not None and index.ntotal == self._n else None
+        self._index_rows = self._n if self._index is not None else 0
+
     def resolved_kind(self) -> Literal["flat", "ivf", "hnsw"]:
         if self.kind != "auto":
             return self.kind

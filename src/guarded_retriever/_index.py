@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -40,7 +43,8 @@ from ._fingerprint import content_hash
 from ._fusion import linear_fusion_arrays, weighted_rrf
 from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch
 from ._ledger import Ledger
-from ._manifest import IngestManifest, SignedManifest
+from ._incident import RevocationReport, VerifyReport
+from ._manifest import IngestManifest, ManifestSigner, SignedManifest
 from ._namespace import Namespace
 from ._poison import FEATURES, PoisonModel, document_features
 from ._policy import TrustPolicy
@@ -105,6 +109,8 @@ class SearchResult:
     lambda_state: str
     alerts: list[str] = field(default_factory=list)
     violations: int = 0
+    dropped: list[str] = field(default_factory=list)
+    """Ids of the foreign hits the namespace fence dropped (``violations`` of them)."""
 
     def contract(self, *, citation_chars: int = 600) -> dict[str, Any]:
         """The cite-then-explain contract (a dict that validates against the shipped schema)."""
@@ -192,7 +198,8 @@ class GuardedIndex:
         self.main = Partition("main", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
         self.quarantine = Partition("quarantine", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
         self.stats: dict[str, int] = {"queries": 0, "namespace_violations": 0, "quarantined_at_query": 0}
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self._detections: Counter[str] = Counter()
 
     @property
     def ledger(self) -> Ledger:
@@ -214,6 +221,7 @@ class GuardedIndex:
         namespace: Namespace | Mapping[str, Any] | str,
         manifest: SignedManifest | IngestManifest | Mapping[str, Any] | bytes | str | None = None,
         vectors: Any = None,
+        on_commit: Callable[[IngestReport], None] | None = None,
     ) -> IngestReport:
         """Ingest one batch through the guard: it lands whole in the ledger and the indexes, or not at all.
 
@@ -222,6 +230,9 @@ class GuardedIndex:
             namespace: the batch's namespace; document metadata can never override it.
             manifest: the batch's signed manifest (see :class:`TrustPolicy`).
             vectors: precomputed embeddings, one row per document; otherwise the embedder is used.
+            on_commit: called with the report inside the ledger transaction, after the indexes
+                are updated; if it raises, the ledger rolls back and the batch is removed from the
+                indexes again (adapters write their base store here).
 
         Raises:
             GuardedRetrieverError: any subclass; nothing was written.
@@ -236,23 +247,67 @@ class GuardedIndex:
         with self._write_lock:
             if self.dim is None:
                 self.dim = vecs.shape[1]
+            report = IngestReport(
+                batch_id=batch.batch_id,
+                namespace=batch.namespace.key,
+                kept=tuple(d.doc.id for d in batch.kept),
+                quarantined=tuple((d.doc.id, d.poison, d.reasons) for d in batch.quarantined),
+            )
             with self.ledger.transaction() as tx:
                 self.pipeline.commit(batch, conn=tx)
-                self._apply(batch, vecs)
+                undo = self._apply(batch, vecs)
+                try:
+                    if on_commit is not None:
+                        on_commit(report)
+                except BaseException:
+                    undo()
+                    raise
             self.pipeline.after_commit(batch)
-        return IngestReport(
-            batch_id=batch.batch_id,
-            namespace=batch.namespace.key,
-            kept=tuple(d.doc.id for d in batch.kept),
-            quarantined=tuple((d.doc.id, d.poison, d.reasons) for d in batch.quarantined),
-        )
+        self._observe_batch(batch)
+        return report
 
-    def _apply(self, batch: PreparedBatch, vecs: np.ndarray) -> None:
+    def _observe_batch(self, batch: PreparedBatch) -> None:
+        domain = _host(batch.provenance.source_url)
+        detections = self._detections
+        for d in batch.quarantined:
+            for reason in d.reasons or ("poison_score",):
+                detections[f"reason:{reason}"] += 1
+            detections[f"domain:{domain or '-'}"] += 1
+        if batch.quarantined:
+            detections["batches_with_detections"] += 1
+        self.emit(logging.INFO, "ingest.batch", namespace=batch.namespace.key, domain=domain or None,
+                  documents=len(batch.documents), quarantined=len(batch.quarantined),
+                  reasons=sorted({r for d in batch.quarantined for r in d.reasons}))
+
+    def emit(self, level: int, event: str, **fields: Any) -> None:
+        """A structured log event on the ``guarded_retriever`` logger (``record.gr_event`` and
+        ``record.gr`` carry the fields). The package never configures logging itself."""
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s %s", event, orjson.dumps(fields, default=str).decode(),
+                       extra={"gr_event": event, "gr": fields})
+
+    def _apply(self, batch: PreparedBatch, vecs: np.ndarray) -> Callable[[], None]:
+        """Put a batch into the shards; returns a function that takes it out again."""
         assert self.dim is not None
         key = batch.namespace.key
         prov = batch.provenance
         main = self.main.shard(key, self.dim)
         quarantine = self.quarantine.shard(key, self.dim)
+        replaced: list[tuple[Shard, Row, np.ndarray, list[str]]] = []
+        for d in batch.documents:
+            for shard in (main, quarantine):
+                pos = shard.positions.get(d.doc.id)
+                if pos is not None:
+                    old = shard.rows[pos]
+                    replaced.append((shard, old, shard.dense.vectors[pos].copy(), tokenize(old.canonical)))
+
+        def undo() -> None:
+            for d in batch.documents:
+                main.discard(d.doc.id)
+                quarantine.discard(d.doc.id)
+            for shard, old, vec, tokens in replaced:
+                shard.add(old, tokens, vec)
+
         for d, v in zip(batch.documents, vecs, strict=True):
             row = Row(
                 id=d.doc.id, text=d.doc.text, canonical=d.canonical, metadata=dict(d.doc.metadata),
@@ -264,18 +319,32 @@ class GuardedIndex:
             main.discard(row.id)
             quarantine.discard(row.id)
             (quarantine if d.decision == "quarantine" else main).add(row, d.tokens, v)
+        return undo
 
     def delete(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str) -> int:
         """Remove documents from both partitions of a namespace; returns how many were removed."""
         key = self.pipeline.schema.parse(namespace).key
-        removed = 0
-        with self._write_lock:
-            for doc_id in ids:
+        removed: list[str] = []
+        with self._write_lock, self.ledger.transaction() as tx:
+            wanted = list(dict.fromkeys(ids))
+            self.ledger.delete_documents([(key, i) for i in wanted], conn=tx)
+            for doc_id in wanted:
                 for partition in (self.main, self.quarantine):
                     shard = partition.shards.get(key)
                     if shard is not None and shard.discard(doc_id) is not None:
-                        removed += 1
-        return removed
+                        removed.append(doc_id)
+                        self.pipeline.forget(key, doc_id)
+        return len(removed)
+
+    def ids(self, *, namespace: Namespace | Mapping[str, Any] | str, include_quarantined: bool = False) -> list[str]:
+        """The ids stored in a namespace (kept ones; quarantined too when asked), in ingest order."""
+        key = self.pipeline.schema.parse(namespace).key
+        out: list[str] = []
+        for partition in (self.main, self.quarantine) if include_quarantined else (self.main,):
+            shard = partition.shards.get(key)
+            if shard is not None:
+                out.extend(sorted(shard.positions, key=shard.positions.__getitem__))
+        return out
 
     # -- search ---------------------------------------------------------------------------------
 
@@ -339,6 +408,7 @@ class GuardedIndex:
         retrieve_rows: list[int] = []
         fused_rows: list[int] = []
         kept_rows: list[int] = []
+        dropped: list[str] = []
         violations = 0
         norm: tuple[float, float, float] = (0.0, 0.0, 1.0)
         if cands is not None and cands.rows.size:
@@ -367,6 +437,7 @@ class GuardedIndex:
                 elif len(kept) < k:
                     if row.namespace != key:  # defence in depth: shards are per namespace already
                         violations += 1
+                        dropped.append(row.id)
                         self._violation(key, row)
                         continue
                     kept.append(self._hit(row, cands, i, fused_at[i], p, reasons[r], None, feats[r]))
@@ -387,7 +458,21 @@ class GuardedIndex:
             "quarantine": delta_s(qvec, vectors[kept_rows]),
         }
         state = lambda_state(stages["retrieve"], stages["fuse"], stages["quarantine"], has_context=bool(kept))
-        return SearchResult(query, key, kept, quarantined, stages, state, alerts, violations)
+        result = SearchResult(query, key, kept, quarantined, stages, state, alerts, violations, dropped)
+        self._observe_query(result)
+        return result
+
+    def _observe_query(self, result: SearchResult) -> None:
+        if result.quarantined:
+            self.emit(logging.INFO, "query.quarantined", namespace=result.namespace,
+                      hits=[{"id": h.id, "stage": h.stage, "reasons": list(h.reasons)} for h in result.quarantined])
+        if logger.isEnabledFor(logging.DEBUG):
+            w = self.config.weights
+            self.emit(logging.DEBUG, "query.trace", namespace=result.namespace, delta_s=result.delta_s,
+                      lambda_state=result.lambda_state, alerts=result.alerts,
+                      top=[{"id": h.id, "fused": h.fused, "bm25": h.bm25, "dense": h.dense,
+                            "provenance": w.gamma * h.provenance, "poison": -w.delta * h.poison}
+                           for h in result.kept])
 
     def _fuse(self, shard: Shard, cands: _Candidates) -> np.ndarray:
         """Fused score per candidate, aligned with ``cands.rows`` (rows are unique in a shard)."""
@@ -455,9 +540,9 @@ class GuardedIndex:
             if row.namespace != key:
                 self._violation(key, row)
                 continue
-            relevance = (w.alpha * min(1.0, cands.bm25[i] / bmax)
-                         + w.beta * min(1.0, max(0.0, (cands.dense[i] - dmin) / dspan))
-                         + w.gamma * row.provenance)
+            relevance = float(w.alpha * min(1.0, cands.bm25[i] / bmax)
+                              + w.beta * min(1.0, max(0.0, (cands.dense[i] - dmin) / dspan))
+                              + w.gamma * row.provenance)
             if relevance >= floor:
                 out.append(self._hit(row, cands, i, relevance - w.delta * row.poison, row.poison,
                                      row.reasons, "ingest"))
@@ -549,6 +634,7 @@ class GuardedIndex:
 
         # 1. the fence: resolve each document to its ingest record, or to its own text.
         entries: list[tuple[int, GuardDocument, Row | None, str | None]] = []
+        dropped: list[str] = []
         violations = 0
         for i, d in enumerate(docs):
             if not isinstance(d.text, str) or not isinstance(d.id, str):
@@ -564,6 +650,7 @@ class GuardedIndex:
                         break
             if row is None and any(d.metadata.get(k) != v for k, v in expected.items()):
                 violations += 1
+                dropped.append(d.id)
                 logger.warning("namespace violation blocked: screened document %r lacks namespace %r",
                                d.id, key)
                 if self.config.strict_namespaces:
@@ -583,7 +670,7 @@ class GuardedIndex:
             self.stats["namespace_violations"] += violations
         if not entries:
             empty = {"retrieve": 1.0, "fuse": 1.0, "quarantine": 1.0}
-            return SearchResult(query, key, [], [], empty, "chaotic", [], violations)
+            return SearchResult(query, key, [], [], empty, "chaotic", [], violations, dropped)
 
         # 2. vectors: the caller's, else the index's own, else the embedder's.
         qvec = self._query_vector(query, query_vector)
@@ -644,7 +731,9 @@ class GuardedIndex:
         stages = {"retrieve": delta_s(qvec, vecs[all_at]), "fuse": delta_s(qvec, vecs[all_at]),
                   "quarantine": delta_s(qvec, vecs[kept_at])}
         state = lambda_state(stages["retrieve"], stages["fuse"], stages["quarantine"], has_context=bool(kept))
-        return SearchResult(query, key, kept, quarantined, stages, state, alerts, violations)
+        result = SearchResult(query, key, kept, quarantined, stages, state, alerts, violations, dropped)
+        self._observe_query(result)
+        return result
 
     def get(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str,
             include_quarantined: bool = False) -> list[Row]:
@@ -661,6 +750,85 @@ class GuardedIndex:
                     out.append(shard.rows[pos])
                     break
         return out
+
+    # -- persistence and incident response (see ``_persist`` and ``_incident``) -----------------
+
+    def save(self, path: str | Path, *, signer: ManifestSigner | None) -> Path:
+        """Save the whole index, ledger included, to a new directory, signed by ``signer``."""
+        from ._persist import save_index
+
+        return save_index(self, path, signer=signer)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        trusted_signers: Iterable[str] = (),
+        allow_unsigned: bool = False,
+        embedder: Any = None,
+        ledger_path: str | Path | None = None,
+    ) -> GuardedIndex:
+        """Verify and load a saved index; refuses tampered, truncated and (by default) unsigned ones."""
+        from ._persist import load_index
+
+        return load_index(path, trusted_signers=trusted_signers, allow_unsigned=allow_unsigned,
+                          embedder=embedder, ledger_path=ledger_path)
+
+    def revoke(self, *, content_hash: str | None = None, manifest_id: str | None = None,
+               reason: str = "revoked", embedder: Any = None) -> RevocationReport:
+        """Remove a content hash or a manifest from every index, quarantine and cache, and refuse it
+        from now on; lists (and with an embedder re-embeds) the removed documents' dense neighbours."""
+        from ._incident import revoke
+
+        return revoke(self, content_hash=content_hash, manifest_id=manifest_id, reason=reason,
+                      embedder=embedder if embedder is not None else None)
+
+    def export_suspects(self, **filters: Any) -> list[dict[str, Any]]:
+        """Stored documents by ``content_hash``, ``manifest_id``, ``domain`` or poison ``reason``."""
+        from ._incident import export_suspects
+
+        return list(export_suspects(self, **filters))
+
+    def rebuild(self) -> dict[str, int]:
+        """Compact every shard and retrain its FAISS index."""
+        from ._incident import rebuild
+
+        return rebuild(self)
+
+    def verify(self, gold: Iterable[Mapping[str, Any]], **options: Any) -> VerifyReport:
+        """Acceptance on gold queries (ΔS and coverage); see :func:`guarded_retriever.verify`."""
+        from ._incident import verify
+
+        return verify(self, gold, **options)
+
+    def freeze(self, namespace: Namespace | Mapping[str, Any] | str, *, reason: str = "incident") -> None:
+        """Refuse every write to a namespace until :meth:`unfreeze` (reads go on)."""
+        key = self.pipeline.schema.parse(namespace).key
+        self.ledger.freeze(key, reason)
+        self.emit(logging.WARNING, "namespace.frozen", namespace=key, reason=reason)
+
+    def unfreeze(self, namespace: Namespace | Mapping[str, Any] | str) -> None:
+        key = self.pipeline.schema.parse(namespace).key
+        self.ledger.unfreeze(key)
+        self.emit(logging.WARNING, "namespace.unfrozen", namespace=key)
+
+    def metrics(self) -> dict[str, Any]:
+        """A snapshot for dashboards: sizes, query counters, detections by reason and source domain,
+        blocked namespace violations, revocations and frozen namespaces."""
+        detections = dict(self._detections)
+        return {
+            "documents": {p.name: {k: len(s) for k, s in sorted(p.shards.items())}
+                          for p in (self.main, self.quarantine)},
+            "queries": self.stats["queries"],
+            "quarantined_at_query": self.stats["quarantined_at_query"],
+            "namespace_violations": self.stats["namespace_violations"],
+            "detections_by_reason": {k[7:]: v for k, v in detections.items() if k.startswith("reason:")},
+            "detections_by_domain": {k[7:]: v for k, v in detections.items() if k.startswith("domain:")},
+            "batches_with_detections": detections.get("batches_with_detections", 0),
+            "revocations": len(self.ledger.revocations()),
+            "frozen": self.ledger.frozen(),
+        }
 
     def namespaces(self) -> list[str]:
         return sorted(set(self.main.shards) | set(self.quarantine.shards))
@@ -718,3 +886,12 @@ def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int,
     cosines = shard.dense.similarity(qvec, rows).astype(np.float64)
     return _Candidates(rows, bm25, cosines, b_rows, d_rows)
 
+
+
+def _host(url: str | None) -> str:
+    if not url:
+        return ""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""

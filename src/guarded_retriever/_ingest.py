@@ -303,6 +303,12 @@ class IngestPipeline:
             conn=conn,
         )
 
+    def forget(self, namespace: str, doc_id: str) -> None:
+        """Drop a deleted or revoked document from the near-duplicate index."""
+        index = self._simhashes.get(namespace)
+        if index is not None:
+            index.discard(doc_id)
+
     def after_commit(self, batch: PreparedBatch) -> None:
         """Update in-memory state once the batch is durable."""
         index = self._simhash_index(batch.namespace.key)

@@ -137,6 +137,16 @@ class Ledger:
             raise LedgerError(f"cannot open ledger at {self.path!r}: {exc}") from exc
         self._lock = threading.RLock()
 
+    def backup_to(self, target: sqlite3.Connection) -> None:
+        """Copy the whole ledger into ``target`` (a consistent snapshot, even while in use)."""
+        with self._lock:
+            self._conn.backup(target)
+
+    def restore_from(self, source: sqlite3.Connection) -> None:
+        """Replace this ledger's contents with ``source``'s (used when loading a saved index)."""
+        with self._lock:
+            source.backup(self._conn)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -277,10 +287,34 @@ class Ledger:
 
     # -- revocation and freezing ------------------------------------------------------------------
 
-    def revoke(self, kind: RevocationKind, value: str, reason: str) -> None:
-        with self.transaction() as tx:
-            tx.execute("INSERT OR REPLACE INTO revocations VALUES (?, ?, ?, ?)", (kind, value, reason, time.time()))
-            self._audit(tx, "revoked", None, {"kind": kind, "value": value, "reason": reason})
+    def revoke(self, kind: RevocationKind, value: str, reason: str, *,
+               purge: Sequence[tuple[str, str]] = (), conn: sqlite3.Connection | None = None) -> None:
+        """Refuse ``value`` from now on, and drop the ``(namespace, doc_id)`` records it covered."""
+        if conn is None:
+            with self.transaction() as tx:
+                self.revoke(kind, value, reason, purge=purge, conn=tx)
+            return
+        conn.execute("INSERT OR REPLACE INTO revocations VALUES (?, ?, ?, ?)", (kind, value, reason, time.time()))
+        self.delete_documents(purge, conn=conn)
+        self._audit(conn, "revoked", None, {"kind": kind, "value": value, "reason": reason,
+                                            "documents": [list(p) for p in purge]})
+
+    def delete_documents(self, keys: Sequence[tuple[str, str]], *, conn: sqlite3.Connection | None = None) -> None:
+        """Drop the records of ``(namespace, doc_id)`` pairs."""
+        if conn is None:
+            with self.transaction() as tx:
+                self.delete_documents(keys, conn=tx)
+            return
+        conn.executemany("DELETE FROM documents WHERE namespace = ? AND doc_id = ?", keys)
+
+    def revocations(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT kind, value, reason, created_at FROM revocations ORDER BY created_at").fetchall()
+        return [{"kind": k, "value": v, "reason": r, "at": at} for k, v, r, at in rows]
+
+    def frozen(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT namespace FROM frozen ORDER BY namespace")]
 
     def revoked(self, kind: RevocationKind) -> set[str]:
         with self._lock:

@@ -234,6 +234,10 @@ class ManifestSigner:
         """The verify key as 64 hex digits: put this on the trust policy's allowlist."""
         return bytes(self._key.verify_key).hex()
 
+    def sign_bytes(self, message: bytes) -> bytes:
+        """A detached ed25519 signature of ``message`` (callers prepend their own context tag)."""
+        return bytes(self._key.sign(message).signature)
+
     def sign(self, manifest: IngestManifest) -> SignedManifest:
         if manifest.signer != self.public_key:
             raise ManifestError("manifest.signer names a different key than the one signing it")

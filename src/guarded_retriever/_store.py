@@ -77,6 +77,19 @@ class Shard:
         self.dense.remove(position)
         return self.rows[position]
 
+    def restore(self, rows: list[Row], bm25: BM25Shard, vectors: np.ndarray, index: Any = None) -> None:
+        """Adopt a loaded shard's rows and engines (see ``_persist``); the shard must be empty."""
+        if self.rows:
+            raise ValueError("restore() needs an empty shard")
+        self.rows = list(rows)
+        self.alive = [True] * len(rows)
+        self.positions = {r.id: i for i, r in enumerate(rows)}
+        self._provenance = [r.provenance for r in rows]
+        self._poison = [r.poison for r in rows]
+        self._prior_arrays = None
+        self.bm25 = bm25
+        self.dense.restore(vectors, index)
+
     def priors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(provenance, poison)`` of the given rows, as arrays in the same order."""
         arrays = self._prior_arrays
