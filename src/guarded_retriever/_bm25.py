@@ -75,15 +75,24 @@ class BM25Shard:
 
     @classmethod
     def restore(cls, vocabulary: list[str], terms: np.ndarray, tfs: np.ndarray, offsets: np.ndarray,
-                *, k1: float, b: float) -> BM25Shard:
-        """Rebuild from :meth:`vocabulary` and :meth:`term_lists` output, without re-tokenising."""
+                csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, *, k1: float, b: float) -> BM25Shard:
+        """Rebuild from :meth:`vocabulary`, :meth:`term_lists` and :meth:`postings` output, without
+        re-tokenising (and, given the saved postings, without re-indexing)."""
         shard = cls(k1=k1, b=b)
         shard._vocab = {t: i for i, t in enumerate(vocabulary)}
         bounds = offsets.tolist()
         shard._doc_terms = [(terms[s:e], tfs[s:e]) for s, e in zip(bounds, bounds[1:], strict=False)]
         shard._alive = [True] * len(shard._doc_terms)
-        shard._dirty = True
+        if csr is not None and len(csr[0]) == len(vocabulary) + 1:
+            shard._indptr, shard._postings, shard._weights = csr
+            shard._dirty = False
         return shard
+
+    def postings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(indptr, postings, weights)``: the scored postings, current with every add and remove."""
+        if self._dirty:
+            self._rebuild()
+        return self._indptr, self._postings, self._weights
 
     def vocabulary(self) -> list[str]:
         """Terms by id."""

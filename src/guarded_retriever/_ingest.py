@@ -145,17 +145,17 @@ class IngestPipeline:
         self.model = model if model is not None else PoisonModel.default()
         self.judge = judge
         self.schema = NamespaceSchema(self.config.namespace_keys)
+        # Per namespace, loaded from the ledger the first time a batch needs it: opening a large
+        # saved index stays fast, and a namespace nobody writes to never pays for it.
         self._simhashes: dict[str, SimhashIndex] = {}
-        self._load_simhashes()
-
-    def _load_simhashes(self) -> None:
-        for rec in self.ledger.documents():
-            self._simhash_index(rec.namespace).add(rec.doc_id, rec.simhash)
 
     def _simhash_index(self, namespace: str) -> SimhashIndex:
         index = self._simhashes.get(namespace)
         if index is None:
-            index = self._simhashes[namespace] = SimhashIndex(self.config.near_duplicate_distance)
+            index = SimhashIndex(self.config.near_duplicate_distance)
+            for doc_id, simhash in self.ledger.simhashes(namespace):
+                index.add(doc_id, simhash)
+            self._simhashes[namespace] = index
         return index
 
     # -- prepare: all checks, no writes ---------------------------------------------------------
@@ -278,7 +278,7 @@ class IngestPipeline:
 
     def _burst(self, namespace: str, ids: Sequence[str], simhashes: np.ndarray) -> np.ndarray:
         """``near_duplicate_burst``: one near-duplicate is normal (mirrors, reposts); five are a burst."""
-        existing = self._simhashes.get(namespace)
+        existing = self._simhash_index(namespace)
         batch = SimhashIndex(self.config.near_duplicate_distance)
         out = np.zeros(len(ids))
         values = [int(s) for s in simhashes]
@@ -286,8 +286,7 @@ class IngestPipeline:
             batch.add(doc_id, h)
         for i, (doc_id, h) in enumerate(zip(ids, values, strict=True)):
             near = batch.near(h, exclude=doc_id)
-            if existing is not None:
-                near |= existing.near(h, exclude=doc_id)
+            near |= existing.near(h, exclude=doc_id)
             out[i] = min(1.0, max(0, len(near) - 1) / 4)
         return out
 

@@ -263,6 +263,13 @@ class Ledger:
             ).fetchall()
         return [self._record(r) for r in rows]
 
+    def simhashes(self, namespace: str) -> list[tuple[str, int]]:
+        """``(doc_id, simhash)`` of a namespace's documents."""
+        with self._lock:
+            rows = self._conn.execute("SELECT doc_id, simhash FROM documents WHERE namespace = ?",
+                                      (namespace,)).fetchall()
+        return [(d, _from_sql_u64(h)) for d, h in rows]
+
     def count(self, decision: Decision | None = None) -> int:
         with self._lock:
             if decision is None:

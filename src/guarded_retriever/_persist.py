@@ -4,10 +4,17 @@ Layout of a saved index (a directory)::
 
     index.json          format, dimension, config, trust policy, poison model, shard list
     ledger.sqlite       the decision ledger (an SQLite backup, not a file copy: it is consistent)
-    s<j>/rows.jsonl     one stored document a line, alive rows only (tombstones are compacted)
-    s<j>/vectors.npy    float32, row-aligned with rows.jsonl (memory-mapped on load)
+    s<j>/rows.json      ids, hashes, sources and reasons as columns; alive rows only (tombstones
+                        are compacted)
+    s<j>/text.bin, metadata.bin (+ *_offsets.npy)
+                        texts and metadata as one blob each, decoded per row when a query needs it
+    s<j>/provenance.npy, poison.npy, features.npy
+                        the ingest verdicts, row-aligned
+    s<j>/vectors.npy    float32, row-aligned (memory-mapped on load)
     s<j>/terms.npy, tfs.npy, offsets.npy, vocab.json
                         the BM25 term lists, so loading never re-tokenises
+    s<j>/indptr.npy, postings.npy, weights.npy
+                        the scored BM25 postings, so loading never re-indexes (when no tombstones)
     s<j>/faiss.index    the trained IVF / HNSW index (``faiss.write_index``) when there is one
     MANIFEST.json       the sha256 of every other file, and the signer's public key
     MANIFEST.sig        ed25519 over a context tag + MANIFEST.json
@@ -42,7 +49,7 @@ from ._ledger import Ledger
 from ._manifest import ManifestSigner
 from ._poison import PoisonModel
 from ._policy import TrustPolicy
-from ._store import Row, Shard
+from ._store import Shard
 
 if TYPE_CHECKING:
     from ._index import GuardedIndex
@@ -64,16 +71,24 @@ def _sha256(path: Path) -> str:
 
 def _write_shard(shard: Shard, out: Path) -> int:
     out.mkdir()
-    alive = [pos for pos in sorted(shard.positions.values())]
+    alive = sorted(shard.positions.values())
     rows = [shard.rows[p] for p in alive]
-    with (out / "rows.jsonl").open("wb") as f:
-        for r in rows:
-            f.write(orjson.dumps({
-                "id": r.id, "text": r.text, "canonical": r.canonical, "metadata": dict(r.metadata),
-                "namespace": r.namespace, "content_hash": r.content_hash, "source_url": r.source_url,
-                "manifest_id": r.manifest_id, "provenance": r.provenance, "features": list(r.features),
-                "poison": r.poison, "reasons": list(r.reasons),
-            }, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    # Columns, not records: one JSON parse and a few np.load calls bring a shard back.
+    columns = {
+        "id": [r.id for r in rows], "content_hash": [r.content_hash for r in rows],
+        "source_url": [r.source_url for r in rows], "manifest_id": [r.manifest_id for r in rows],
+        "reasons": [list(r.reasons) for r in rows],
+    }
+    (out / "rows.json").write_bytes(orjson.dumps(columns))
+    # Texts and metadata are the bulk: one blob each with byte offsets, decoded per row on access.
+    for name, blobs in (("text", [r.text.encode("utf-8") for r in rows]),
+                        ("metadata", [orjson.dumps(dict(r.metadata)) for r in rows])):
+        (out / f"{name}.bin").write_bytes(b"".join(blobs))
+        np.save(out / f"{name}_offsets.npy", np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64))
+    np.save(out / "provenance.npy", np.array([r.provenance for r in rows], dtype=np.float64))
+    np.save(out / "poison.npy", np.array([r.poison for r in rows], dtype=np.float64))
+    width = len(rows[0].features) if rows else 0
+    np.save(out / "features.npy", np.array([r.features for r in rows], dtype=np.float64).reshape(len(rows), width))
     np.save(out / "vectors.npy", np.ascontiguousarray(shard.dense.vectors[alive], dtype=np.float32))
     terms, tfs = shard.bm25.term_lists(alive)
     lengths = np.array([len(t) for t in terms], dtype=np.int64)
@@ -81,7 +96,11 @@ def _write_shard(shard: Shard, out: Path) -> int:
     np.save(out / "tfs.npy", np.concatenate(tfs) if tfs else np.zeros(0, np.float32))
     np.save(out / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     (out / "vocab.json").write_bytes(orjson.dumps(shard.bm25.vocabulary()))
-    if len(shard.dense.dead_rows()) == 0:
+    if len(alive) == len(shard.rows):  # no tombstones: the row numbers inside both indexes still hold
+        indptr, postings, weights = shard.bm25.postings()
+        np.save(out / "indptr.npy", indptr)
+        np.save(out / "postings.npy", postings)
+        np.save(out / "weights.npy", weights)
         trained = shard.dense.trained_index()
         if trained is not None:  # a flat index is rebuilt from the vectors faster than it is read
             faiss.write_index(trained, str(out / "faiss.index"))
@@ -219,20 +238,38 @@ def load_index(
     return index
 
 
+class _Blob:
+    """Row ``i`` of a blob file is ``data[offsets[i]:offsets[i + 1]]``, decoded when asked for."""
+
+    __slots__ = ("_data", "_decode", "_offsets")
+
+    def __init__(self, data: bytes, offsets: np.ndarray, *, decode: Any) -> None:
+        self._data, self._offsets, self._decode = data, offsets.tolist(), decode
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> Any:
+        return self._decode(self._data[self._offsets[i]: self._offsets[i + 1]])
+
+
 def _read_shard(shard: Shard, src: Path) -> None:
-    with (src / "rows.jsonl").open("rb") as f:
-        records = [orjson.loads(line) for line in f]
+    columns = orjson.loads((src / "rows.json").read_bytes())
+    for name in ("provenance", "poison", "features"):
+        columns[name] = np.load(src / f"{name}.npy")
+    for name in ("text", "metadata"):
+        columns[name] = _Blob((src / f"{name}.bin").read_bytes(), np.load(src / f"{name}_offsets.npy"),
+                              decode=(lambda b: b.decode("utf-8")) if name == "text" else orjson.loads)
     vectors = np.load(src / "vectors.npy", mmap_mode="r")
-    terms = np.load(src / "terms.npy")
-    tfs = np.load(src / "tfs.npy")
     offsets = np.load(src / "offsets.npy")
-    if len(vectors) != len(records) or len(offsets) != len(records) + 1:
+    n = len(columns["id"])
+    if not (len(vectors) == len(columns["text"]) == len(columns["metadata"]) == len(columns["poison"])
+            == len(offsets) - 1 == n):
         raise IntegrityError(f"{src}: rows, vectors and term lists do not line up")
-    rows = [Row(id=r["id"], text=r["text"], canonical=r["canonical"], metadata=r["metadata"],
-                namespace=r["namespace"], content_hash=r["content_hash"], source_url=r["source_url"],
-                manifest_id=r["manifest_id"], provenance=r["provenance"], features=tuple(r["features"]),
-                poison=r["poison"], reasons=tuple(r["reasons"])) for r in records]
-    bm25 = BM25Shard.restore(orjson.loads((src / "vocab.json").read_bytes()), terms, tfs, offsets,
-                             k1=shard.bm25.k1, b=shard.bm25.b)
+    csr = None
+    if (src / "indptr.npy").exists():
+        csr = (np.load(src / "indptr.npy"), np.load(src / "postings.npy"), np.load(src / "weights.npy"))
+    bm25 = BM25Shard.restore(orjson.loads((src / "vocab.json").read_bytes()), np.load(src / "terms.npy"),
+                             np.load(src / "tfs.npy"), offsets, csr, k1=shard.bm25.k1, b=shard.bm25.b)
     trained = faiss.read_index(str(src / "faiss.index")) if (src / "faiss.index").exists() else None
-    shard.restore(rows, bm25, vectors, trained)
+    shard.restore(columns, bm25, vectors, trained)

@@ -6,13 +6,14 @@ append-only; replacing or deleting a document tombstones its row, which both ind
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._bm25 import BM25Shard
+from ._canonical import canonicalize
 from ._dense import DenseShard, IndexKind
 
 __all__ = ["Partition", "Row", "Shard"]
@@ -36,6 +37,46 @@ class Row:
     reasons: tuple[str, ...]
 
 
+class LazyRows:
+    """A shard's rows after a load: built from columns on first access, appendable like a list.
+
+    Building 100k frozen ``Row`` objects (and canonicalising their texts) up front would cost more
+    than the rest of a load; a query only ever touches its few dozen candidates.
+    """
+
+    __slots__ = ("_built", "_columns", "_namespace")
+
+    def __init__(self, namespace: str, columns: dict[str, Any]) -> None:
+        self._namespace = namespace
+        self._columns = columns
+        self._built: list[Row | None] = [None] * len(columns["id"])
+
+    def __len__(self) -> int:
+        return len(self._built)
+
+    def __getitem__(self, i: int) -> Row:
+        row = self._built[i]
+        if row is None:
+            c = self._columns
+            row = self._built[i] = Row(
+                id=c["id"][i], text=c["text"][i], canonical=canonicalize(c["text"][i]), metadata=c["metadata"][i],
+                namespace=self._namespace, content_hash=c["content_hash"][i], source_url=c["source_url"][i],
+                manifest_id=c["manifest_id"][i], provenance=float(c["provenance"][i]),
+                features=tuple(c["features"][i].tolist()), poison=float(c["poison"][i]),
+                reasons=tuple(c["reasons"][i]),
+            )
+        return row
+
+    def __iter__(self) -> Iterator[Row]:
+        return (self[i] for i in range(len(self._built)))
+
+    def __bool__(self) -> bool:
+        return bool(self._built)
+
+    def append(self, row: Row) -> None:
+        self._built.append(row)
+
+
 class Shard:
     """The documents of one namespace in one partition, with their BM25 and FAISS indexes."""
 
@@ -44,7 +85,7 @@ class Shard:
 
     def __init__(self, namespace: str, dim: int, *, k1: float, b: float, kind: IndexKind) -> None:
         self.namespace = namespace
-        self.rows: list[Row] = []
+        self.rows: list[Row] | LazyRows = []
         self.alive: list[bool] = []
         self.positions: dict[str, int] = {}
         # Row-aligned copies of the two per-document priors fusion needs, gathered per query.
@@ -77,15 +118,16 @@ class Shard:
         self.dense.remove(position)
         return self.rows[position]
 
-    def restore(self, rows: list[Row], bm25: BM25Shard, vectors: np.ndarray, index: Any = None) -> None:
-        """Adopt a loaded shard's rows and engines (see ``_persist``); the shard must be empty."""
+    def restore(self, columns: dict[str, Any], bm25: BM25Shard, vectors: np.ndarray, index: Any = None) -> None:
+        """Adopt a loaded shard's row columns and engines (see ``_persist``); the shard must be empty."""
         if self.rows:
             raise ValueError("restore() needs an empty shard")
-        self.rows = list(rows)
-        self.alive = [True] * len(rows)
-        self.positions = {r.id: i for i, r in enumerate(rows)}
-        self._provenance = [r.provenance for r in rows]
-        self._poison = [r.poison for r in rows]
+        ids = columns["id"]
+        self.rows = LazyRows(self.namespace, columns)
+        self.alive = [True] * len(ids)
+        self.positions = {doc_id: i for i, doc_id in enumerate(ids)}
+        self._provenance = columns["provenance"].tolist()
+        self._poison = columns["poison"].tolist()
         self._prior_arrays = None
         self.bm25 = bm25
         self.dense.restore(vectors, index)
