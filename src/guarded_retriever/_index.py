@@ -60,8 +60,8 @@ _CLUSTER = FEATURES.index("paraphrase_cluster")
 MAX_K = 1000
 
 DenseSearch = Callable[[np.ndarray, int], Iterable[str]]
-"""An external dense retriever for :meth:`GuardedIndex.search`: given the query vector and ``n``,
-the ids of up to ``n`` nearest documents, best first. It only *nominates* candidates: ids the index
+"""An external dense retriever for :meth:`GuardedIndex.search`: given the query vector and ``n``
+(``max(config.candidates, k)``), the ids of up to ``n`` nearest documents, best first. It only *nominates* candidates: ids the index
 does not hold in the request's namespace are ignored, and every score is recomputed from the
 index's own vectors, so a store that cannot pre-filter by namespace can never leak through it."""
 
@@ -548,9 +548,22 @@ class GuardedIndex:
                                      row.reasons, "ingest"))
         return out
 
+    def report_violations(self, namespace: Namespace | Mapping[str, Any] | str, ids: Iterable[str],
+                          *, source: str = "adapter") -> int:
+        """Count and log foreign documents an adapter blocked before they reached the core (a base
+        store that returned another namespace's ids); raises in strict mode like the core does."""
+        key = self.pipeline.schema.parse(namespace).key
+        blocked = list(ids)
+        if blocked:
+            self.stats["namespace_violations"] += len(blocked)
+            self.emit(logging.WARNING, "namespace.violation", namespace=key, ids=blocked, source=source)
+            if self.config.strict_namespaces:
+                raise NamespaceViolation(key, "?", blocked[0])
+        return len(blocked)
+
     def _violation(self, expected: str, row: Row) -> None:
-        logger.warning("namespace violation blocked: hit %r of %r in a request for %r",
-                       row.id, row.namespace, expected)
+        self.emit(logging.WARNING, "namespace.violation", namespace=expected, ids=[row.id],
+                  owner=row.namespace, source="core")
         if self.config.strict_namespaces:
             raise NamespaceViolation(expected, row.namespace, row.id)
 
