@@ -54,7 +54,7 @@ def collect(bundle_dir: Path, config: gr.GuardConfig) -> tuple[list[str], np.nda
         if cands is None:
             continue
         fused = index._fuse(shard, cands)
-        pool = sorted(fused, key=lambda r: (-fused[r], r))[: k + config.guard_pool]
+        pool = cands.rows[np.lexsort((cands.rows, -fused))[: k + config.guard_pool]].tolist()
         _, _, query_feats = index._guard(shard, pool, qc, qtokens)
         for r, f in query_feats.items():
             doc_id = shard.rows[r].id

@@ -114,20 +114,21 @@ _DIRECTIVE = re.compile(
     r"\b(?:in|to|into|within|throughout|of|for|with) your (?:answer|response|reply|output|summary|"
     r"code|translation|message)s?\b"
     r"|\byour (?:answer|response|reply|output|solution|implementation)(?:'s|s)?\b"
-    r"|\b(?:the )?following (?:code )?(?:block|snippet|section|excerpt|segment|code)\b"
-    r"|\b(?:respond|reply|answer)(?: only)? (?:with|in|using|by)\b"
+    r"|\bfollowing code (?:block|snippet|section|excerpt|segment)\b|\bfollowing (?:snippet|excerpt)\b"
+    r"|\b(?:respond|reply)(?: only)? (?:with|in|using|by)\b|\banswer only (?:with|in|using)\b"
     r"|\b(?:when|while|before|after) (?:answering|responding|replying|summari[sz]ing)\b"
     r"|\b(?:tell|inform|remind|ask|urge|convince) the (?:user|reader)\b"
     r"|\bthe (?:assistant|ai|chatbot|model|llm) (?:must|should|will|shall)\b"
-    r"|\bas an? (?:ai|assistant|language model)\b"
-    r"|\b(?:append|prepend|insert|add|include) (?:the following|this)\b"
+    r"|\bas an? (?:ai|large language model|language model)\b"
+    r"|\b(?:append|prepend|insert) (?:the following|this)\b"
 )
 
 # --- code that reaches out or executes ---
 
 _CODE_TRIGGERS = frozenset(
     "import subprocess os exec eval socket base64 curl wget powershell requests urllib sh bash "
-    "system popen paho mqtt smtplib ftplib http psutil environ getpass".split()
+    "system popen paho mqtt smtplib ftplib http psutil environ getpass httpx aiohttp urllib3 sendmail "
+    "secure_smtplib smtp smtp_ssl".split()
 )
 # Code that executes, sends data off the machine, or collects what is worth sending. One match
 # is common in honest code; two (collect + send, fetch + run) is the shape of a payload.
@@ -137,6 +138,7 @@ _CODE = re.compile(
     r"|\b__import__\s*\(|\brequests\.(?:get|post|put)\s*\(|\bpaho\.mqtt\b|\bpublish\.single\s*\("
     r"|\b(?:smtplib|ftplib)\.\w+|\burllib\.request\.\w+|\bhttp\.client\.\w+"
     r"|\bos\.environ\b|\bpsutil\.\w+|\bgetpass\.\w+"
+    r"|\b(?:httpx|aiohttp|urllib3)\.\w+\s*\(|\b\w*smtplib\b|\.sendmail\s*\(|\bsmtp(?:_ssl)?\s*\("
 )
 
 # --- a request to the reader inside structured data ---
