@@ -240,10 +240,6 @@ def test_an_index_signed_by_an_untrusted_key_is_refused(world, tmp_path):
     assert gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key, OTHER.public_key]) is not None
 
 
-@pytest.mark.xfail(strict=True, reason="core bug, _persist.verify_saved: a manifest that names a signer but has "
-                                       "no MANIFEST.sig is treated as unsigned, so stripping the signature and "
-                                       "rewriting MANIFEST.json downgrades a signed index to one that loads with "
-                                       "allow_unsigned=True")
 def test_stripping_the_signature_does_not_downgrade_a_signed_index(world, tmp_path):
     path = world.index.save(tmp_path / "idx", signer=SIGNER)
     (path / "MANIFEST.sig").unlink()
@@ -259,10 +255,6 @@ def _rehash(root: Path, name: str) -> None:
     (root / "MANIFEST.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug, _persist._read_shard: files are parsed without validation once "
-                                       "the checksums match, so a malformed file in an unsigned index (whose "
-                                       "manifest anyone can rewrite) escapes as a raw ValueError from np.load "
-                                       "('mmap length is greater than file size'), outside the exception tree")
 def test_a_malformed_file_in_an_unsigned_index_raises_integrity_error(world, tmp_path):
     path = world.index.save(tmp_path / "idx", signer=None)
     _truncate(path / "s0" / "vectors.npy")
@@ -271,24 +263,24 @@ def test_a_malformed_file_in_an_unsigned_index_raises_integrity_error(world, tmp
         gr.GuardedIndex.load(path, allow_unsigned=True)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug, _persist.load_index: verify_saved() hashes every file, then "
-                                       "load_index re-opens each file by path to parse it (and memory-maps "
-                                       "vectors.npy), so a file replaced between the check and the parse is loaded "
-                                       "unverified (a time-of-check/time-of-use gap); hashing the bytes that are "
-                                       "parsed would close it")
 def test_files_are_parsed_from_the_bytes_that_were_verified(world, tmp_path, monkeypatch):
     from guarded_retriever import _persist
 
     path = world.index.save(tmp_path / "idx", signer=SIGNER)
-    real = _persist.verify_saved
+    real = _persist._verified_files
 
-    def verify_then_swap(root, **kwargs):
-        manifest = real(root, **kwargs)
+    def verify_then_swap(root, *args):
+        verified = real(root, *args)
         _edit_rows(Path(root) / "s0" / "rows.json")  # another process replaces a file just after the check
-        return manifest
+        return verified
 
-    monkeypatch.setattr(_persist, "verify_saved", verify_then_swap)
-    with pytest.raises(gr.IntegrityError):
+    monkeypatch.setattr(_persist, "_verified_files", verify_then_swap)
+    loaded = gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key])
+    # What was loaded is what was checked: the swapped file never reaches the index.
+    assert sorted(loaded.ids(namespace=NS_A, include_quarantined=True)) == sorted(
+        world.index.ids(namespace=NS_A, include_quarantined=True))
+    monkeypatch.setattr(_persist, "_verified_files", real)
+    with pytest.raises(gr.IntegrityError):  # and the next load sees the change
         gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key])
 
 
@@ -375,10 +367,6 @@ def test_revoked_text_is_unreachable_everywhere(world, tmp_path, kind):
                    manifest=world.wiki_manifest if "manifest_id" in target else sign([(doc_id, text)], WIKI_URL))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug, _ledger.Ledger.audit_events (line ~244): the event's detail is "
-                                       "merged over its columns, and a revocation's detail has a 'kind' key "
-                                       "('content_hash' / 'manifest'), so the 'revoked' event is listed with "
-                                       "kind='content_hash' and cannot be told apart from other events")
 def test_audit_events_keep_their_own_kind(world):
     world.index.revoke(content_hash=world.row("w-sneaky").content_hash)
     kinds = [e["kind"] for e in world.index.ledger.audit_events()]
@@ -452,10 +440,6 @@ def test_a_hash_revoked_before_it_arrives_is_refused(world):
         world.index.add([("new", text)], namespace=NS_A, manifest=sign([("new", text)], WIKI_URL))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug, _index.GuardedIndex.screen: the fence lets a document the index "
-                                       "does not hold pass when its metadata names the namespace, and never checks "
-                                       "the ledger's revocations, so a revoked text that a base store or another "
-                                       "retriever still returns is kept")
 def test_screen_refuses_revoked_text_that_claims_the_namespace(world):
     index = world.index
     index.revoke(manifest_id=world.wiki_manifest.manifest_id)
@@ -617,9 +601,6 @@ def test_freezing_a_malformed_namespace_fails_closed(world):
     assert world.index.ledger.frozen() == []
 
 
-@pytest.mark.xfail(strict=True, reason="core bug, _index.GuardedIndex.delete: freeze() promises to 'refuse every "
-                                       "write to a namespace', but delete() never checks ledger.is_frozen, so "
-                                       "documents (and their ledger records) can be removed from a frozen namespace")
 def test_a_frozen_namespace_refuses_deletes(world):
     world.index.freeze(NS_A, reason="incident")
     with pytest.raises(gr.NamespaceFrozenError):
@@ -776,10 +757,6 @@ def test_metrics_count_detections_queries_revocations_and_freezes(world):
     orjson.dumps(m)
 
 
-@pytest.mark.xfail(strict=True, reason="core gap, _index.GuardedIndex.metrics: detections_by_reason / _by_domain / "
-                                       "batches_with_detections live in an in-memory Counter that save() does not "
-                                       "write and load() does not rebuild, so `guarded-retriever metrics INDEX` "
-                                       "always reports zero detections for an index whose quarantine is not empty")
 def test_metrics_of_a_loaded_index_count_its_detections(world, tmp_path):
     loaded = gr.GuardedIndex.load(world.index.save(tmp_path / "idx", signer=SIGNER),
                                   trusted_signers=[SIGNER.public_key])

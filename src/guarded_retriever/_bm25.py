@@ -178,19 +178,20 @@ class BM25Shard:
             s, e = spans[0]
             return postings[s:e], weights[s:e]
         acc, seen = self._scratch()
-        parts = []
-        for s, e in spans:
-            rows = postings[s:e]
-            fresh = rows[~seen[rows]]  # a posting list holds each row once, so += is exact
-            seen[fresh] = True
-            parts.append(fresh)
-            acc[rows] += weights[s:e]
-        parts.append(extra)
-        rows = np.concatenate(parts)
-        out = acc[rows].astype(np.float32)
-        acc[rows] = 0.0
-        seen[rows] = False
-        return rows, out
+        parts: list[np.ndarray] = []
+        try:
+            for s, e in spans:
+                rows = postings[s:e]
+                fresh = rows[~seen[rows]]  # a posting list holds each row once, so += is exact
+                seen[fresh] = True
+                parts.append(fresh)
+                acc[rows] += weights[s:e]
+            rows = np.concatenate([*parts, extra])
+            return rows, acc[rows].astype(np.float32)
+        finally:  # the accumulators are all zero again, whatever happened
+            touched = np.concatenate(parts) if parts else extra
+            acc[touched] = 0.0
+            seen[touched] = False
 
     def top(self, query_tokens: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(rows, scores)`` by descending score; only rows with a positive score."""

@@ -98,6 +98,15 @@ class DenseShard:
         self._dead.add(row)
         self._alive_bits = None
 
+    def prepare(self) -> None:
+        """Bring the FAISS index and the deletion bitmap up to date (see ``Shard.refresh``)."""
+        if self._n > _BRUTE_FORCE_MAX or self.kind not in ("auto", "flat"):
+            self._ensure_index()
+            if self._dead and self._alive_bits is None:
+                alive = np.ones(self._n, dtype=bool)
+                alive[list(self._dead)] = False
+                self._alive_bits = np.packbits(alive, bitorder="little")
+
     def dead_rows(self) -> frozenset[int]:
         return frozenset(self._dead)
 

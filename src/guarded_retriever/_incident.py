@@ -81,6 +81,15 @@ def revoke(
                 if key not in removed_keys:
                     near[key] = (shard, r)
         removed = tuple(sorted(removed_keys))
+        # Embed first: an embedder that fails must fail the revocation before anything is purged,
+        # not leave a purge that reports itself as an error.
+        items = sorted(near.items())
+        fresh = None
+        if embedder is not None and items:
+            from ._embed import as_embedder
+
+            texts = [shard.rows[r].text for _, (shard, r) in items]
+            fresh = check_vectors(as_embedder(embedder).embed_documents(texts), index.dim, len(texts))
         with index.ledger.transaction() as tx:
             index.ledger.revoke(kind, value, reason, purge=removed, conn=tx)
             for shard, pos in hits:
@@ -88,14 +97,10 @@ def revoke(
                 shard.discard(doc_id)
                 index.pipeline.forget(shard.namespace, doc_id)
         reembedded = 0
-        if embedder is not None and near:
-            from ._embed import as_embedder
-
-            items = sorted(near.items())
-            texts = [shard.rows[r].text for _, (shard, r) in items]
-            fresh = check_vectors(as_embedder(embedder).embed_documents(texts), index.dim, len(texts))
+        if fresh is not None:
             for (_, (shard, r)), vec in zip(items, fresh, strict=True):
                 shard.dense.replace(r, vec)
+                shard.mark_stale()
             reembedded = len(items)
     seconds = time.perf_counter() - t0
     index.ledger.audit("revocation_purged", None, revoked=kind, value=value, removed=len(removed),

@@ -20,12 +20,13 @@ object is built on the hot path.
 
 from __future__ import annotations
 
+import functools
 import logging
-import threading
 from collections import Counter
+from contextlib import AbstractContextManager
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -38,7 +39,7 @@ from ._config import GuardConfig
 from ._contract import delta_s, lambda_state, next_fix, validate_contract
 from ._dense import check_vectors
 from ._embed import Embedder, as_embedder
-from ._exceptions import ConfigError, DocumentError, NamespaceViolation
+from ._exceptions import ConfigError, DocumentError, NamespaceFrozenError, NamespaceViolation
 from ._fingerprint import content_hash
 from ._fusion import linear_fusion_arrays, weighted_rrf
 from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch
@@ -49,6 +50,7 @@ from ._namespace import Namespace
 from ._poison import FEATURES, PoisonModel, document_features
 from ._policy import TrustPolicy
 from ._query_guard import EchoScorer, paraphrase_cluster
+from ._rwlock import RWLock
 from ._store import Partition, Row, Shard
 
 __all__ = ["DenseSearch", "GuardedIndex", "Hit", "IngestReport", "SearchResult"]
@@ -58,6 +60,7 @@ logger = logging.getLogger("guarded_retriever")
 _ECHO = FEATURES.index("query_echo")
 _CLUSTER = FEATURES.index("paraphrase_cluster")
 MAX_K = 1000
+R = TypeVar("R")
 
 DenseSearch = Callable[[np.ndarray, int], Iterable[str]]
 """An external dense retriever for :meth:`GuardedIndex.search`: given the query vector and ``n``
@@ -155,6 +158,17 @@ class IngestReport:
     quarantined: tuple[tuple[str, float, tuple[str, ...]], ...]
 
 
+def _reading(method: Callable[..., R]) -> Callable[..., R]:
+    """Run a read method under the index's shared lock (writes wait until it returns)."""
+
+    @functools.wraps(method)
+    def locked(self: GuardedIndex, *args: Any, **kwargs: Any) -> R:
+        with self._lock.read():
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class GuardedIndex:
     """A guarded hybrid (BM25 + FAISS) index with per-namespace shards and a quarantine.
 
@@ -198,8 +212,12 @@ class GuardedIndex:
         self.main = Partition("main", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
         self.quarantine = Partition("quarantine", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
         self.stats: dict[str, int] = {"queries": 0, "namespace_violations": 0, "quarantined_at_query": 0}
-        self._write_lock = threading.RLock()
-        self._detections: Counter[str] = Counter()
+        self._lock = RWLock()
+
+    @property
+    def _write_lock(self) -> AbstractContextManager[None]:
+        """Exclusive access for a write (searches wait; see ``_rwlock``)."""
+        return self._lock.write()
 
     @property
     def ledger(self) -> Ledger:
@@ -253,28 +271,25 @@ class GuardedIndex:
                 kept=tuple(d.doc.id for d in batch.kept),
                 quarantined=tuple((d.doc.id, d.poison, d.reasons) for d in batch.quarantined),
             )
-            with self.ledger.transaction() as tx:
-                self.pipeline.commit(batch, conn=tx)
-                undo = self._apply(batch, vecs)
-                try:
+            undo: Callable[[], None] | None = None
+            try:
+                with self.ledger.transaction() as tx:
+                    self.pipeline.commit(batch, conn=tx)
+                    undo = self._apply(batch, vecs)
                     if on_commit is not None:
                         on_commit(report)
-                except BaseException:
+            except BaseException:
+                # The ledger rolled back (an on_commit error, a failed COMMIT, a disk full ...):
+                # take the batch out of the shards again, old versions of re-ingested ids back in.
+                if undo is not None:
                     undo()
-                    raise
+                raise
             self.pipeline.after_commit(batch)
         self._observe_batch(batch)
         return report
 
     def _observe_batch(self, batch: PreparedBatch) -> None:
         domain = _host(batch.provenance.source_url)
-        detections = self._detections
-        for d in batch.quarantined:
-            for reason in d.reasons or ("poison_score",):
-                detections[f"reason:{reason}"] += 1
-            detections[f"domain:{domain or '-'}"] += 1
-        if batch.quarantined:
-            detections["batches_with_detections"] += 1
         self.emit(logging.INFO, "ingest.batch", namespace=batch.namespace.key, domain=domain or None,
                   documents=len(batch.documents), quarantined=len(batch.quarantined),
                   reasons=sorted({r for d in batch.quarantined for r in d.reasons}))
@@ -308,22 +323,28 @@ class GuardedIndex:
             for shard, old, vec, tokens in replaced:
                 shard.add(old, tokens, vec)
 
-        for d, v in zip(batch.documents, vecs, strict=True):
-            row = Row(
-                id=d.doc.id, text=d.doc.text, canonical=d.canonical, metadata=dict(d.doc.metadata),
-                namespace=key, content_hash=d.content_hash, source_url=prov.source_url,
-                manifest_id=prov.manifest_id, provenance=prov.score, features=d.features,
-                poison=d.poison, reasons=d.reasons,
-            )
-            # A re-ingested id replaces its old version wherever that lived.
-            main.discard(row.id)
-            quarantine.discard(row.id)
-            (quarantine if d.decision == "quarantine" else main).add(row, d.tokens, v)
+        try:
+            for d, v in zip(batch.documents, vecs, strict=True):
+                row = Row(
+                    id=d.doc.id, text=d.doc.text, canonical=d.canonical, metadata=dict(d.doc.metadata),
+                    namespace=key, content_hash=d.content_hash, source_url=prov.source_url,
+                    manifest_id=prov.manifest_id, provenance=prov.score, features=d.features,
+                    poison=d.poison, reasons=d.reasons,
+                )
+                # A re-ingested id replaces its old version wherever that lived.
+                main.discard(row.id)
+                quarantine.discard(row.id)
+                (quarantine if d.decision == "quarantine" else main).add(row, d.tokens, v)
+        except BaseException:
+            undo()  # half a batch never stays
+            raise
         return undo
 
     def delete(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str) -> int:
         """Remove documents from both partitions of a namespace; returns how many were removed."""
         key = self.pipeline.schema.parse(namespace).key
+        if self.ledger.is_frozen(key):
+            raise NamespaceFrozenError(f"namespace {key!r} is frozen")
         removed: list[str] = []
         with self._write_lock, self.ledger.transaction() as tx:
             wanted = list(dict.fromkeys(ids))
@@ -336,6 +357,7 @@ class GuardedIndex:
                         self.pipeline.forget(key, doc_id)
         return len(removed)
 
+    @_reading
     def ids(self, *, namespace: Namespace | Mapping[str, Any] | str, include_quarantined: bool = False) -> list[str]:
         """The ids stored in a namespace (kept ones; quarantined too when asked), in ingest order."""
         key = self.pipeline.schema.parse(namespace).key
@@ -364,6 +386,7 @@ class GuardedIndex:
             raise ConfigError(f"k must be an int in [1, {MAX_K}], got {k!r}")
         return ns
 
+    @_reading
     def search(
         self,
         query: str,
@@ -567,6 +590,7 @@ class GuardedIndex:
         if self.config.strict_namespaces:
             raise NamespaceViolation(expected, row.namespace, row.id)
 
+    @_reading
     def search_quarantine(
         self,
         query: str,
@@ -594,6 +618,7 @@ class GuardedIndex:
             hits.append(self._hit(row, cands, i, float(fused[i]), row.poison, row.reasons, "ingest"))
         return hits
 
+    @_reading
     def screen(
         self,
         query: str,
@@ -644,6 +669,9 @@ class GuardedIndex:
             given = check_vectors(vectors, self.dim, len(docs))
         shard = self.main.shards.get(key)
         qshard = self.quarantine.shards.get(key)
+        revoked = self.ledger.revoked_hashes()
+        withheld = ({qshard.rows[pos].content_hash: qshard.rows[pos] for pos in qshard.positions.values()}
+                    if qshard is not None else {})
 
         # 1. the fence: resolve each document to its ingest record, or to its own text.
         entries: list[tuple[int, GuardDocument, Row | None, str | None]] = []
@@ -653,19 +681,26 @@ class GuardedIndex:
             if not isinstance(d.text, str) or not isinstance(d.id, str):
                 raise DocumentError("screened documents need a str id and text")
             canonical = canonicalize(d.text)
+            digest = content_hash(canonical)
             row, stage = None, None
+            if digest in revoked:  # revoked text stays out, whoever presents it and under any id
+                self.stats["revoked_blocked"] = self.stats.get("revoked_blocked", 0) + 1
+                continue
+            if digest in withheld:  # quarantined at ingest: stays quarantined under any id
+                row, stage = withheld[digest], "ingest"
             for part_shard, part_stage in ((shard, None), (qshard, "ingest")):
-                pos = part_shard.positions.get(d.id) if part_shard is not None else None
+                pos = part_shard.positions.get(d.id) if part_shard is not None and row is None else None
                 if pos is not None and part_shard is not None:
                     candidate = part_shard.rows[pos]
-                    if candidate.content_hash == content_hash(canonical):
+                    # The stored verdict only covers the exact text it was given for: a hash (64
+                    # bits, over the canonical form) match is not enough to borrow its trust.
+                    if candidate.content_hash == digest and candidate.text == d.text:
                         row, stage = candidate, part_stage
                         break
             if row is None and any(d.metadata.get(k) != v for k, v in expected.items()):
                 violations += 1
                 dropped.append(d.id)
-                logger.warning("namespace violation blocked: screened document %r lacks namespace %r",
-                               d.id, key)
+                self.emit(logging.WARNING, "namespace.violation", namespace=key, ids=[d.id], source="screen")
                 if self.config.strict_namespaces:
                     raise NamespaceViolation(key, str({k: d.metadata.get(k) for k in expected}), d.id)
                 continue
@@ -748,6 +783,7 @@ class GuardedIndex:
         self._observe_query(result)
         return result
 
+    @_reading
     def get(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str,
             include_quarantined: bool = False) -> list[Row]:
         """The stored documents of ``namespace`` with these ids, in the order asked (missing ones skipped)."""
@@ -826,19 +862,26 @@ class GuardedIndex:
         self.ledger.unfreeze(key)
         self.emit(logging.WARNING, "namespace.unfrozen", namespace=key)
 
+    @_reading
     def metrics(self) -> dict[str, Any]:
         """A snapshot for dashboards: sizes, query counters, detections by reason and source domain,
         blocked namespace violations, revocations and frozen namespaces."""
-        detections = dict(self._detections)
+        by_reason: Counter[str] = Counter()
+        by_domain: Counter[str] = Counter()
+        batches: set[str] = set()
+        for _, reasons, url, batch in self.ledger.detections():  # the ledger survives save/load
+            by_reason.update(reasons or ("poison_score",))
+            by_domain[_host(url) or "-"] += 1
+            batches.add(batch)
         return {
             "documents": {p.name: {k: len(s) for k, s in sorted(p.shards.items())}
                           for p in (self.main, self.quarantine)},
             "queries": self.stats["queries"],
             "quarantined_at_query": self.stats["quarantined_at_query"],
             "namespace_violations": self.stats["namespace_violations"],
-            "detections_by_reason": {k[7:]: v for k, v in detections.items() if k.startswith("reason:")},
-            "detections_by_domain": {k[7:]: v for k, v in detections.items() if k.startswith("domain:")},
-            "batches_with_detections": detections.get("batches_with_detections", 0),
+            "detections_by_reason": dict(by_reason.most_common()),
+            "detections_by_domain": dict(by_domain.most_common()),
+            "batches_with_detections": len(batches),
             "revocations": len(self.ledger.revocations()),
             "frozen": self.ledger.frozen(),
         }
@@ -880,6 +923,7 @@ def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int,
                 dense: DenseSearch | None = None) -> _Candidates | None:
     if not len(shard):
         return None
+    shard.refresh()
     if dense is None:
         d_rows = shard.dense.search(qvec, n)[0].astype(np.int32)
     else:

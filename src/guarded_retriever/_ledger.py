@@ -241,7 +241,7 @@ class Ledger:
                 (kind,) if kind else (),
             ).fetchall()
         return [
-            {"seq": s, "created_at": t, "kind": k, "namespace": ns, **orjson.loads(d)}
+            {**orjson.loads(d), "seq": s, "created_at": t, "kind": k, "namespace": ns}
             for s, t, k, ns, d in rows
         ]
 
@@ -262,6 +262,15 @@ class Ledger:
                 (namespace,) if namespace else (),
             ).fetchall()
         return [self._record(r) for r in rows]
+
+    def detections(self) -> list[tuple[str, tuple[str, ...], str | None, str]]:
+        """``(namespace, reasons, source_url, batch_id)`` of every document quarantined at ingest."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT d.namespace, d.reasons, m.source_url, d.batch_id FROM documents d"
+                " LEFT JOIN manifests m ON m.manifest_id = d.manifest_id WHERE d.decision = 'quarantine'"
+            ).fetchall()
+        return [(ns, tuple(orjson.loads(r)), url, b) for ns, r, url, b in rows]
 
     def simhashes(self, namespace: str) -> list[tuple[str, int]]:
         """``(doc_id, simhash)`` of a namespace's documents."""
@@ -318,6 +327,19 @@ class Ledger:
         with self._lock:
             rows = self._conn.execute("SELECT kind, value, reason, created_at FROM revocations ORDER BY created_at").fetchall()
         return [{"kind": k, "value": v, "reason": r, "at": at} for k, v, r, at in rows]
+
+    def revoked_hashes(self) -> set[str]:
+        """Every content hash that must stay out: revoked ones, and those listed by revoked manifests."""
+        hashes = self.revoked("content_hash")
+        with self._lock:
+            payloads = self._conn.execute(
+                "SELECT m.payload FROM manifests m JOIN revocations r"
+                " ON r.kind = 'manifest' AND r.value = m.manifest_id").fetchall()
+        for (payload,) in payloads:
+            body = orjson.loads(payload)
+            body = body.get("manifest", body)  # a signed manifest wraps its body
+            hashes.update(body.get("content_hashes", ()))
+        return hashes
 
     def frozen(self) -> list[str]:
         with self._lock:

@@ -10,7 +10,7 @@ Layout of a saved index (a directory)::
                         texts and metadata as one blob each, decoded per row when a query needs it
     s<j>/provenance.npy, poison.npy, features.npy
                         the ingest verdicts, row-aligned
-    s<j>/vectors.npy    float32, row-aligned (memory-mapped on load)
+    s<j>/vectors.npy    float32, row-aligned (a view on the verified bytes after a load)
     s<j>/terms.npy, tfs.npy, offsets.npy, vocab.json
                         the BM25 term lists, so loading never re-tokenises
     s<j>/indptr.npy, postings.npy, weights.npy
@@ -19,14 +19,17 @@ Layout of a saved index (a directory)::
     MANIFEST.json       the sha256 of every other file, and the signer's public key
     MANIFEST.sig        ed25519 over a context tag + MANIFEST.json
 
-Loading checks the signature first (the signer must be on the caller's allowlist), then every
-file's checksum, and refuses missing or unlisted files, before it parses anything. An unsigned
-index loads only with ``allow_unsigned=True``. Nothing is ever unpickled.
+Loading checks the signature first (the signer must be on the caller's allowlist), then reads
+every file once and checks its checksum, and refuses missing or unlisted files, before it parses
+anything; what it parses are the very bytes it checked. An unsigned index loads only with
+``allow_unsigned=True``, and a signed one whose signature was removed never does. Nothing is
+ever unpickled.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import sqlite3
@@ -44,7 +47,7 @@ import orjson
 from ._bm25 import BM25Shard
 from ._config import GuardConfig
 from ._dense import faiss
-from ._exceptions import IntegrityError, SignatureError, UntrustedSignerError
+from ._exceptions import GuardedRetrieverError, IntegrityError, SignatureError, UntrustedSignerError
 from ._ledger import Ledger
 from ._manifest import ManifestSigner
 from ._poison import PoisonModel
@@ -158,22 +161,19 @@ def save_index(index: GuardedIndex, path: str | Path, *, signer: ManifestSigner 
     return dest
 
 
-def verify_saved(path: str | Path, *, trusted_signers: Iterable[str] = (), allow_unsigned: bool = False
-                 ) -> dict[str, Any]:
-    """Check a saved index's signature and checksums without loading it; returns its manifest.
+def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: bool
+                    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Check the signature, then read every listed file once and check its sha256.
 
-    Raises:
-        IntegrityError: unsigned (and not allowed), a file missing, unlisted or changed.
-        UntrustedSignerError: signed by a key that is not on ``trusted_signers``.
-        SignatureError: the signature does not verify.
+    The bytes that were hashed are the bytes that get parsed (no second read that a concurrent
+    writer could swap), and a name in the manifest can only point inside ``root``.
     """
-    root = Path(path)
     try:
         raw = (root / _MANIFEST).read_bytes()
         manifest = orjson.loads(raw)
-        files: dict[str, str] = manifest["files"]
+        files: dict[str, str] = dict(manifest["files"])
         signer = manifest.get("signer")
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{root}: no readable {_MANIFEST} ({exc})") from None
     if manifest.get("format") != FORMAT:
         raise IntegrityError(f"{root}: unknown format {manifest.get('format')!r}")
@@ -186,16 +186,56 @@ def verify_saved(path: str | Path, *, trusted_signers: Iterable[str] = (), allow
                 _CONTEXT + raw, bytes.fromhex(sig_path.read_text(encoding="ascii").strip()))
         except (ValueError, nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
             raise SignatureError(f"{root}: the index signature does not verify ({exc})") from None
+    elif signer is not None:
+        # Signed once, signature gone: that is tampering, not an unsigned index.
+        raise IntegrityError(f"{root}: the manifest names signer {str(signer)[:16]}... but its signature was removed")
     elif not allow_unsigned:
         raise IntegrityError(f"{root} is unsigned; pass allow_unsigned=True to load it anyway")
+    base = root.resolve()
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {_MANIFEST, _SIGNATURE}
     if present != set(files):
         raise IntegrityError(f"{root}: files missing {sorted(set(files) - present)},"
                              f" unlisted {sorted(present - set(files))}")
+    blobs: dict[str, bytes] = {}
     for name, digest in files.items():
-        if _sha256(root / name) != digest:
+        path = (root / name).resolve()
+        if base not in path.parents:
+            raise IntegrityError(f"{root}: manifest entry {name!r} points outside the index")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
             raise IntegrityError(f"{root}: {name} has been modified or truncated")
-    return dict(manifest)
+        blobs[name] = data
+    return dict(manifest), blobs
+
+
+def verify_saved(path: str | Path, *, trusted_signers: Iterable[str] = (), allow_unsigned: bool = False
+                 ) -> dict[str, Any]:
+    """Check a saved index's signature and checksums without loading it; returns its manifest.
+
+    Raises:
+        IntegrityError: unsigned (and not allowed), a file missing, unlisted or changed.
+        UntrustedSignerError: signed by a key that is not on ``trusted_signers``.
+        SignatureError: the signature does not verify, or was removed.
+    """
+    manifest, _ = _verified_files(Path(path), trusted_signers, allow_unsigned)
+    return manifest
+
+
+def _npy(data: bytes, name: str) -> np.ndarray:
+    """An ``.npy`` file's array as a read-only view on already verified bytes (no pickle, no copy)."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+        if dtype.hasobject or fortran:
+            raise ValueError("object or Fortran-ordered arrays are not accepted")
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.frombuffer(data, dtype=dtype, count=count, offset=buf.tell()).reshape(shape)
+    except ValueError as exc:
+        raise IntegrityError(f"{name} is not a valid array file ({exc})") from None
 
 
 def load_index(
@@ -213,28 +253,41 @@ def load_index(
         allow_unsigned: load an index saved without a signer (only for trusted storage).
         embedder: for queries without vectors, as in :class:`GuardedIndex`.
         ledger_path: where the loaded ledger lives from now on; in memory when ``None``.
+
+    Raises:
+        IntegrityError, SignatureError, UntrustedSignerError: see :func:`verify_saved`; also an
+            ``IntegrityError`` when a verified file does not parse (an unsigned index written by
+            hand, say).
     """
     from ._index import GuardedIndex
 
     root = Path(path)
-    verify_saved(root, trusted_signers=trusted_signers, allow_unsigned=allow_unsigned)
-    meta = orjson.loads((root / "index.json").read_bytes())
-    ledger = Ledger(ledger_path if ledger_path is not None else ":memory:")
-    with sqlite3.connect(root / "ledger.sqlite") as source:
-        ledger.restore_from(source)
-    source.close()
-    index = GuardedIndex(
-        embedder,
-        dim=meta["dim"],
-        config=GuardConfig.model_validate(meta["config"]),
-        policy=TrustPolicy.model_validate(meta["policy"]),
-        ledger=ledger,
-        model=PoisonModel.from_json(orjson.dumps(meta["model"])),
-    )
-    for entry in meta["shards"]:
-        partition = index.main if entry["partition"] == "main" else index.quarantine
-        shard = partition.shard(entry["namespace"], meta["dim"])
-        _read_shard(shard, root / entry["dir"])
+    _, blobs = _verified_files(root, trusted_signers, allow_unsigned)
+    try:
+        meta = orjson.loads(blobs["index.json"])
+        ledger = Ledger(ledger_path if ledger_path is not None else ":memory:")
+        with tempfile.TemporaryDirectory() as tmp:  # sqlite reads files, so the verified bytes go to one
+            db = Path(tmp) / "ledger.sqlite"
+            db.write_bytes(blobs["ledger.sqlite"])
+            with sqlite3.connect(db) as source:
+                ledger.restore_from(source)
+            source.close()
+        index = GuardedIndex(
+            embedder,
+            dim=meta["dim"],
+            config=GuardConfig.model_validate(meta["config"]),
+            policy=TrustPolicy.model_validate(meta["policy"]),
+            ledger=ledger,
+            model=PoisonModel.from_json(orjson.dumps(meta["model"])),
+        )
+        for entry in meta["shards"]:
+            partition = index.main if entry["partition"] == "main" else index.quarantine
+            shard = partition.shard(entry["namespace"], meta["dim"])
+            _read_shard(shard, blobs, str(entry["dir"]))
+    except GuardedRetrieverError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, sqlite3.Error, RuntimeError, orjson.JSONDecodeError) as exc:
+        raise IntegrityError(f"{root}: a verified file does not parse ({type(exc).__name__}: {exc})") from None
     return index
 
 
@@ -253,23 +306,26 @@ class _Blob:
         return self._decode(self._data[self._offsets[i]: self._offsets[i + 1]])
 
 
-def _read_shard(shard: Shard, src: Path) -> None:
-    columns = orjson.loads((src / "rows.json").read_bytes())
+def _read_shard(shard: Shard, blobs: dict[str, bytes], d: str) -> None:
+    def npy(name: str) -> np.ndarray:
+        return _npy(blobs[f"{d}/{name}.npy"], f"{d}/{name}.npy")
+
+    columns = orjson.loads(blobs[f"{d}/rows.json"])
     for name in ("provenance", "poison", "features"):
-        columns[name] = np.load(src / f"{name}.npy")
+        columns[name] = npy(name)
     for name in ("text", "metadata"):
-        columns[name] = _Blob((src / f"{name}.bin").read_bytes(), np.load(src / f"{name}_offsets.npy"),
+        columns[name] = _Blob(blobs[f"{d}/{name}.bin"], npy(f"{name}_offsets"),
                               decode=(lambda b: b.decode("utf-8")) if name == "text" else orjson.loads)
-    vectors = np.load(src / "vectors.npy", mmap_mode="r")
-    offsets = np.load(src / "offsets.npy")
+    vectors = npy("vectors")
+    offsets = npy("offsets")
     n = len(columns["id"])
     if not (len(vectors) == len(columns["text"]) == len(columns["metadata"]) == len(columns["poison"])
-            == len(offsets) - 1 == n):
-        raise IntegrityError(f"{src}: rows, vectors and term lists do not line up")
-    csr = None
-    if (src / "indptr.npy").exists():
-        csr = (np.load(src / "indptr.npy"), np.load(src / "postings.npy"), np.load(src / "weights.npy"))
-    bm25 = BM25Shard.restore(orjson.loads((src / "vocab.json").read_bytes()), np.load(src / "terms.npy"),
-                             np.load(src / "tfs.npy"), offsets, csr, k1=shard.bm25.k1, b=shard.bm25.b)
-    trained = faiss.read_index(str(src / "faiss.index")) if (src / "faiss.index").exists() else None
+            == len(offsets) - 1 == n) or vectors.ndim != 2 or vectors.shape[1] != shard.dense.dim:
+        raise IntegrityError(f"{d}: rows, vectors and term lists do not line up")
+    csr = (npy("indptr"), npy("postings"), npy("weights")) if f"{d}/indptr.npy" in blobs else None
+    bm25 = BM25Shard.restore(orjson.loads(blobs[f"{d}/vocab.json"]), npy("terms"), npy("tfs"), offsets, csr,
+                             k1=shard.bm25.k1, b=shard.bm25.b)
+    trained = None
+    if f"{d}/faiss.index" in blobs:
+        trained = faiss.deserialize_index(np.frombuffer(blobs[f"{d}/faiss.index"], dtype=np.uint8))
     shard.restore(columns, bm25, vectors, trained)

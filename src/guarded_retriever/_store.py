@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+import threading
 from typing import Any
 
 import numpy as np
@@ -80,8 +81,8 @@ class LazyRows:
 class Shard:
     """The documents of one namespace in one partition, with their BM25 and FAISS indexes."""
 
-    __slots__ = ("_poison", "_prior_arrays", "_provenance", "alive", "bm25", "dense", "namespace", "positions",
-                 "rows")
+    __slots__ = ("_poison", "_prior_arrays", "_provenance", "_refresh_lock", "_stale", "alive", "bm25", "dense",
+                 "namespace", "positions", "rows")
 
     def __init__(self, namespace: str, dim: int, *, k1: float, b: float, kind: IndexKind) -> None:
         self.namespace = namespace
@@ -92,6 +93,8 @@ class Shard:
         self._provenance: list[float] = []
         self._poison: list[float] = []
         self._prior_arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._stale = True
+        self._refresh_lock = threading.Lock()
         self.bm25 = BM25Shard(k1=k1, b=b)
         self.dense = DenseShard(dim, kind=kind)
 
@@ -106,6 +109,7 @@ class Shard:
         self._provenance.append(row.provenance)
         self._poison.append(row.poison)
         self._prior_arrays = None
+        self._stale = True
         self.alive.append(True)
         self.positions[row.id] = position
 
@@ -114,6 +118,7 @@ class Shard:
         if position is None:
             return None
         self.alive[position] = False
+        self._stale = True
         self.bm25.remove(position)
         self.dense.remove(position)
         return self.rows[position]
@@ -129,8 +134,26 @@ class Shard:
         self._provenance = columns["provenance"].tolist()
         self._poison = columns["poison"].tolist()
         self._prior_arrays = None
+        self._stale = True
         self.bm25 = bm25
         self.dense.restore(vectors, index)
+
+    def mark_stale(self) -> None:
+        self._stale = True
+
+    def refresh(self) -> None:
+        """Build what the last writes left stale (BM25 postings, priors, FAISS additions, deletion
+        bitmap), once, before a search reads it. Searches run concurrently under the index's read
+        lock, so the lazy builds themselves take this shard's own lock."""
+        if not self._stale:
+            return
+        with self._refresh_lock:
+            if not self._stale:
+                return
+            self.bm25.postings()
+            self.priors(np.zeros(0, dtype=np.int64))
+            self.dense.prepare()
+            self._stale = False
 
     def priors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(provenance, poison)`` of the given rows, as arrays in the same order."""
