@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class BM25Shard:
         shard = cls(k1=k1, b=b)
         shard._vocab = {t: i for i, t in enumerate(vocabulary)}
         bounds = offsets.tolist()
-        shard._doc_terms = [(terms[s:e], tfs[s:e]) for s, e in zip(bounds, bounds[1:], strict=False)]
+        shard._doc_terms = [(terms[s:e], tfs[s:e]) for s, e in pairwise(bounds)]
         shard._alive = [True] * len(shard._doc_terms)
         if csr is not None and len(csr[0]) == len(vocabulary) + 1:
             shard._indptr, shard._postings, shard._weights = csr

@@ -23,11 +23,11 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from contextlib import AbstractContextManager
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -42,9 +42,9 @@ from ._embed import Embedder, as_embedder
 from ._exceptions import ConfigError, DocumentError, NamespaceFrozenError, NamespaceViolation
 from ._fingerprint import content_hash
 from ._fusion import linear_fusion_arrays, weighted_rrf
+from ._incident import RevocationReport, VerifyReport
 from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch
 from ._ledger import Ledger
-from ._incident import RevocationReport, VerifyReport
 from ._manifest import IngestManifest, ManifestSigner, SignedManifest
 from ._namespace import Namespace
 from ._poison import FEATURES, PoisonModel, document_features
@@ -64,9 +64,10 @@ R = TypeVar("R")
 
 DenseSearch = Callable[[np.ndarray, int], Iterable[str]]
 """An external dense retriever for :meth:`GuardedIndex.search`: given the query vector and ``n``
-(``max(config.candidates, k)``), the ids of up to ``n`` nearest documents, best first. It only *nominates* candidates: ids the index
-does not hold in the request's namespace are ignored, and every score is recomputed from the
-index's own vectors, so a store that cannot pre-filter by namespace can never leak through it."""
+(``max(config.candidates, k)``), the ids of up to ``n`` nearest documents, best first. It only
+*nominates* candidates: ids the index does not hold in the request's namespace are ignored, and
+every score is recomputed from the index's own vectors, so a store that cannot pre-filter by
+namespace can never leak through it."""
 
 
 @dataclass(slots=True)

@@ -325,7 +325,8 @@ class Ledger:
 
     def revocations(self) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._conn.execute("SELECT kind, value, reason, created_at FROM revocations ORDER BY created_at").fetchall()
+            rows = self._conn.execute(
+                "SELECT kind, value, reason, created_at FROM revocations ORDER BY created_at").fetchall()
         return [{"kind": k, "value": v, "reason": r, "at": at} for k, v, r, at in rows]
 
     def revoked_hashes(self) -> set[str]:

@@ -6,9 +6,9 @@ append-only; replacing or deleting a document tombstones its row, which both ind
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-import threading
 from typing import Any
 
 import numpy as np
