@@ -500,10 +500,6 @@ def test_langchain_store_over_in_memory_forgets_revoked_documents_in_guarded_pat
         assert not {d.id for d in docs} & {"w-tip", "w-sneaky", "w-inject"}
 
 
-@pytest.mark.xfail(strict=True, reason="adapter gap, langchain/_vectorstore.py: GuardedVectorStore has no revoke "
-                                       "path and GuardedIndex.revoke cannot reach the base store, so the revoked "
-                                       "text stays in the InMemoryVectorStore and anything reading it directly "
-                                       "(base.as_retriever(), another app on the same store) still gets it")
 def test_langchain_base_store_forgets_revoked_documents():
     from guarded_retriever.langchain import store_id
 

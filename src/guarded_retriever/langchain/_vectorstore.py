@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, Self
 
 from langchain_core.documents import Document
@@ -16,17 +18,75 @@ from typing_extensions import override
 
 from .._config import GuardConfig
 from .._exceptions import ConfigError, DocumentError
+from .._incident import RevocationReport
 from .._index import GuardedIndex, IngestReport, SearchResult
 from .._ingest import GuardDocument
 from .._ledger import Ledger
+from .._manifest import ManifestSigner
 from .._policy import TrustPolicy
 from ._common import GuardedSearch, NamespaceLike, bind_namespace, hit_document, resolve_namespace
 from ._retriever import GuardedRetriever
-from ._stores import StoreProfile, StoreSide
+from ._stores import StoreProfile, StoreSide, store_id
 
 __all__ = ["GuardedVectorStore"]
 
 _ADD_KWARGS = frozenset({"ids", "manifest", "namespace"})
+
+# The stores holding copies of an index's documents, kept on the index itself (see _watch_revocations).
+_COPY_STORES = "_langchain_copy_stores"
+
+
+def _delete_copies(store: VectorStore, removed: Sequence[tuple[str, str]]) -> None:
+    """Delete the copies of ``removed`` ``(namespace, doc_id)`` documents from ``store``."""
+    sids = [store_id(key, doc_id) for key, doc_id in removed]
+    try:
+        store.delete(sids)
+    except ValueError:
+        # Some stores (LangChain's FAISS) refuse a delete naming an id they do not hold; a revoked
+        # document is in the base store or in the quarantine store, never both.
+        held = {str(d.id if d.id is not None else d.metadata.get("_id")) for d in store.get_by_ids(sids)}
+        present = [sid for sid in sids if sid in held]
+        if present:
+            store.delete(present)
+
+
+def _watch_revocations(index: GuardedIndex, stores: Iterable[VectorStore]) -> None:
+    """Make ``index.revoke`` also delete the revoked documents' copies from ``stores``.
+
+    The core index cannot see the LangChain stores a :class:`GuardedVectorStore` writes to, so the
+    first store over an index wraps that index's ``revoke`` (on the instance only) with a purge of
+    every store registered on it since. A revocation reaches every namespace, so the purge does too:
+    store ids are derived from ``(namespace, id)``, so only the revoked documents' copies go.
+    """
+    held: list[VectorStore] | None = vars(index).get(_COPY_STORES)
+    if held is None:
+        copies: list[VectorStore] = []
+        core_revoke = index.revoke
+
+        @functools.wraps(core_revoke)
+        def revoke(**kwargs: Any) -> RevocationReport:
+            report = core_revoke(**kwargs)
+            if report.removed:
+                failures: list[BaseException] = []
+                for store in list(copies):
+                    try:
+                        _delete_copies(store, report.removed)
+                    except Exception as exc:  # purge every other store before reporting it
+                        failures.append(exc)
+                if failures:
+                    failures[0].add_note(
+                        f"{report.kind} {report.value!r} is revoked in the index, but deleting the copies of "
+                        f"{report.removed} from a base or quarantine store failed ({len(failures)} store(s)); "
+                        "delete them there by store_id(namespace, id)"
+                    )
+                    raise failures[0]
+            return report
+
+        vars(index)[_COPY_STORES] = held = copies
+        vars(index)["revoke"] = revoke
+    for store in stores:
+        if not any(store is h for h in held):
+            held.append(store)
 
 
 class GuardedVectorStore(VectorStore):
@@ -45,6 +105,10 @@ class GuardedVectorStore(VectorStore):
 
     The store is bound to one namespace; :meth:`for_namespace` gives a view of the same index and
     stores for another. ``delete(None)`` empties the bound namespace only.
+
+    :meth:`save_local` / :meth:`load_local` save and load the guarded index (signed, never pickled;
+    the base stores are the caller's). :meth:`revoke`, like ``index.revoke``, also deletes the
+    revoked documents' copies from ``base`` and ``quarantine_store``.
 
     Args:
         base: the base vector store for kept documents; ``None`` to use the index's FAISS alone.
@@ -116,6 +180,7 @@ class GuardedVectorStore(VectorStore):
             self._side(quarantine_store, None) if quarantine_store is not None else None
         )
         self._search = GuardedSearch(index, self._base_side)
+        _watch_revocations(index, [s for s in (base, quarantine_store) if s is not None])
 
     def _side(self, store: VectorStore, profile: StoreProfile | None) -> StoreSide:
         return StoreSide(
@@ -384,6 +449,74 @@ class GuardedVectorStore(VectorStore):
         store = cls(embedding=embedding, **kwargs)
         store.add_texts(texts, metadatas, ids=ids, manifest=manifest)
         return store
+
+    # -- persistence and incident response ------------------------------------------------------
+
+    def save_local(self, folder_path: str | Path, *, signer: ManifestSigner | None) -> Path:
+        """Save the guarded index (every namespace, quarantine and ledger included) to a new folder.
+
+        The save is :meth:`GuardedIndex.save`: pickle-free, with a checksum manifest signed by
+        ``signer`` (``None`` writes an unsigned folder, which :meth:`load_local` refuses unless told
+        ``allow_unsigned=True``). Only the guarded index is persisted: ``base`` and
+        ``quarantine_store`` are the caller's stores and are saved (or not) by their own means.
+
+        Returns:
+            The folder written (it must not exist yet).
+        """
+        return self.index.save(folder_path, signer=signer)
+
+    @classmethod
+    def load_local(
+        cls,
+        folder_path: str | Path,
+        embeddings: Embeddings | Any,
+        *,
+        namespace: NamespaceLike,
+        trusted_signers: Iterable[str] = (),
+        allow_unsigned: bool = False,
+        base: VectorStore | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Verify and load a folder written by :meth:`save_local`, as a store bound to ``namespace``.
+
+        The folder's signature must come from one of ``trusted_signers`` and every file must match its
+        checksum; nothing is unpickled, so there is no ``allow_dangerous_deserialization`` flag.
+
+        Args:
+            embeddings: the guard's embedder for queries (the one the index was built with).
+            namespace: the bound namespace.
+            trusted_signers: hex ed25519 public keys whose signature is accepted.
+            allow_unsigned: load a folder saved with ``signer=None`` (only from trusted storage).
+            base: ``None`` to search over the index's own FAISS; otherwise the caller's base store,
+                used as it is (already populated, never written to by the load): only the guarded
+                index comes from the folder. Documents the index does not hold are never served,
+                but a revocation made to the saved folder (by the CLI, say) does not reach ``base``.
+            **kwargs: ``quarantine_store``, ``store_profile``, ``over_fetch``, ``max_fetch``.
+
+        Raises:
+            IntegrityError: unsigned (without ``allow_unsigned``), or a file missing, unlisted,
+                modified or truncated.
+            UntrustedSignerError, SignatureError: signed by an untrusted key, or a bad signature.
+        """
+        index = GuardedIndex.load(
+            folder_path, trusted_signers=trusted_signers, allow_unsigned=allow_unsigned, embedder=embeddings
+        )
+        return cls(base, namespace=namespace, index=index, **kwargs)
+
+    def revoke(
+        self, *, content_hash: str | None = None, manifest_id: str | None = None, reason: str = "revoked"
+    ) -> RevocationReport:
+        """Revoke a content hash or a manifest: from the index and from the base and quarantine stores.
+
+        This is :meth:`GuardedIndex.revoke` (which reaches every namespace of the index, not only the
+        bound one, and refuses the content from now on), followed by deleting the removed documents'
+        copies from ``base`` and ``quarantine_store`` (and from the stores of every other
+        ``GuardedVectorStore`` over the same index). ``store.index.revoke(...)`` does the same.
+
+        Returns:
+            The :class:`RevocationReport`; ``removed`` lists the ``(namespace, id)`` pairs purged.
+        """
+        return self.index.revoke(content_hash=content_hash, manifest_id=manifest_id, reason=reason)
 
     def search_quarantine(self, query: str, k: int = 10) -> list[Document]:
         """What the guard withheld in this namespace, nearest first, for review (never served)."""
