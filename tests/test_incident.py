@@ -538,9 +538,6 @@ def test_llamaindex_retriever_forgets_revoked_nodes():
     assert not {h.id for h in result.kept + result.quarantined} & {"w-tip", "w-sneaky", "w-inject"}
 
 
-@pytest.mark.xfail(strict=True, reason="adapter gap, llamaindex/_store.py: GuardedIndex.revoke cannot reach the "
-                                       "base vector store (nor GuardedStores.shelves), so the store keeps a copy of "
-                                       "the revoked node, namespace metadata included")
 def test_llamaindex_vector_store_forgets_revoked_nodes():
     from llama_index.core.vector_stores.types import VectorStoreQuery
 

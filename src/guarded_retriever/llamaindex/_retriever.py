@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -14,7 +15,8 @@ from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, QueryType
 from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
-from .. import ConfigError, GuardedIndex, IngestReport, Namespace, SearchResult
+from .. import ConfigError, GuardedIndex, IngestReport, ManifestSigner, Namespace, SearchResult
+from .._incident import RevocationReport
 from ._events import emit_guard_events
 from ._nodes import GUARD_METADATA_KEY, guarded_copy, guarded_text, node_from_hit
 from ._store import GuardedStores, Nominated
@@ -78,6 +80,11 @@ class GuardedRetriever(BaseRetriever):
 
     Only nodes added through a retriever (any namespace view) have copies in ``vector_store``;
     documents added to the core directly are found by BM25 alone when a store is given.
+
+    :meth:`persist` saves the guarded index (signed) and :meth:`from_persist_dir` verifies and
+    reloads it; the vector stores are persisted by their own means. :meth:`revoke` (or
+    :meth:`GuardedIndex.revoke` on the core) purges a content hash or manifest from the core and
+    deletes its copies from both stores.
 
     A ``QdrantVectorStore`` built with a sync ``client`` only has no working ``aquery``: give it an
     ``aclient`` as well, or pass ``native_async=False`` so the async path runs the sync calls in a
@@ -214,6 +221,88 @@ class GuardedRetriever(BaseRetriever):
             self._stores.forget, self._namespace, list(node_ids))
         await self._stores.awrite(writes)
         return removed
+
+    def revoke(self, *, content_hash: str | None = None, manifest_id: str | None = None,
+               reason: str = "revoked") -> RevocationReport:
+        """Revoke one content hash or one manifest, in every namespace of the index.
+
+        Calls :meth:`GuardedIndex.revoke` (which purges the core and refuses the content from now
+        on), then deletes the removed documents' copies from ``vector_store`` and
+        ``quarantine_store`` and forgets them here. A revocation called on the core directly does
+        the same for every retriever over it, so this is a convenience, not a requirement.
+
+        Returns:
+            The core's report; ``removed`` lists the ``(namespace key, node id)`` pairs purged.
+
+        Raises:
+            ConfigError: not exactly one of ``content_hash`` and ``manifest_id`` was given.
+        """
+        # index.revoke is wrapped per instance (see _store): it purges every registered store.
+        return self.index.revoke(content_hash=content_hash, manifest_id=manifest_id, reason=reason)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def persist(self, persist_dir: str | Path, *, signer: ManifestSigner | None) -> Path:
+        """Save the guarded index (every namespace, ledger included) to a new directory.
+
+        This is :meth:`GuardedIndex.save`: the directory is checksummed and signed by ``signer``
+        (``None`` writes an unsigned one, which :meth:`from_persist_dir` refuses by default).
+        Nothing else is written: the adapter's id tables are rebuilt from the index on load.
+
+        Only the guarded index is persisted, never ``vector_store`` or ``quarantine_store``:
+        persist those with their own tools (``SimpleVectorStore.persist``; a Qdrant server keeps
+        its own). Nodes come back from a reloaded index as ``TextNode`` objects with the same id, text
+        and metadata, without the relationships of the nodes first given.
+
+        Returns:
+            The directory written.
+        """
+        return self.index.save(persist_dir, signer=signer)
+
+    @classmethod
+    def from_persist_dir(
+        cls,
+        persist_dir: str | Path,
+        *,
+        namespace: NamespaceLike,
+        embed_model: BaseEmbedding,
+        trusted_signers: Iterable[str] = (),
+        allow_unsigned: bool = False,
+        vector_store: BasePydanticVectorStore | None = None,
+        **kwargs: Any,
+    ) -> GuardedRetriever:
+        """A retriever over an index saved by :meth:`persist`, verified before it is read.
+
+        Args:
+            persist_dir: the directory :meth:`persist` wrote.
+            namespace: the namespace the retriever serves.
+            embed_model: embeds queries and new nodes; it must be the model the index was built
+                with (the saved vectors are used as they are).
+            trusted_signers: public keys whose signature is accepted.
+            allow_unsigned: load an unsigned directory too.
+            vector_store: ``None`` searches the core's own FAISS shards. A store given here must
+                already hold the copies a retriever wrote before :meth:`persist` (it is not
+                written to); they are recognised by their derived ids.
+            kwargs: the other arguments of :class:`GuardedRetriever` (``quarantine_store``,
+                ``similarity_top_k``, ...), except ``index``.
+
+        Raises:
+            IntegrityError: the directory is modified, truncated, unsigned (without
+                ``allow_unsigned``), or not a saved index.
+            UntrustedSignerError: it is signed by a key not in ``trusted_signers``.
+            SignatureError: its signature does not verify.
+        """
+        if "index" in kwargs:
+            raise ConfigError("from_persist_dir loads its own index: do not pass index=")
+        if not isinstance(embed_model, BaseEmbedding):
+            raise ConfigError("embed_model must be a LlamaIndex BaseEmbedding (it is never taken "
+                              f"from Settings), got {type(embed_model).__name__}")
+        core = GuardedIndex.load(persist_dir, trusted_signers=trusted_signers,
+                                 allow_unsigned=allow_unsigned, embedder=embed_model)
+        retriever = cls(namespace=namespace, embed_model=embed_model, index=core,
+                        vector_store=vector_store, **kwargs)
+        retriever._stores.adopt()
+        return retriever
 
     # -- search ---------------------------------------------------------------------------------
 

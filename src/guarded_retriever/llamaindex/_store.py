@@ -10,16 +10,25 @@ node nobody ingested through the guard, can never become a hit. The store also g
 lets a node that *lacks* the key match those (research/ecosystem.md §2.5).
 
 One node id can live in several namespaces, but a store has one id space (and Qdrant accepts only
-UUIDs), so each copy in a store gets a UUID derived from ``(namespace, node id)``.
+UUIDs), so each copy in a store gets a UUID derived from ``(namespace, node id)``. Because the ids
+are derived, the store-id tables can be rebuilt from the core alone (:meth:`GuardedStores.adopt`),
+and a revocation can find every copy of a revoked document (:meth:`GuardedStores.purge`).
+
+:meth:`GuardedIndex.revoke` knows nothing of LlamaIndex stores, so every ``GuardedStores`` registers
+itself with its index: the first one wraps that index's ``revoke`` (on the instance only) so that a
+revocation, whether called on the core or on a retriever, also deletes the removed documents'
+copies from every registered store and forgets them in the shelves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +46,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from .. import ConfigError, GuardDocument, GuardedIndex, IngestReport, Namespace, SearchResult
+from .._incident import RevocationReport
 from ._nodes import guarded_text
 
 __all__ = ["STORE_ID_KEY", "GuardedStores", "Nominated", "store_id"]
@@ -55,6 +65,40 @@ def store_id(namespace: str, node_id: str) -> str:
     """The id of a node's copy in a base store: a UUID of ``(namespace key, node id)``."""
     # "\x00" cannot occur in a namespace key, so the pair is read back unambiguously.
     return str(uuid.uuid5(_ID_NAMESPACE, f"{namespace}\x00{node_id}"))
+
+
+# The attribute under which an index keeps the stores that want to hear of its revocations.
+_WATCHERS = "_guarded_retriever_llamaindex_stores"
+_watch_lock = threading.Lock()
+
+
+def _watch_revocations(stores: GuardedStores) -> None:
+    """Have ``stores.index.revoke`` purge ``stores`` too (held weakly: it may be dropped)."""
+    index = stores.index
+    with _watch_lock:
+        watchers: weakref.WeakSet[GuardedStores] | None = index.__dict__.get(_WATCHERS)
+        if watchers is None:
+            watchers = weakref.WeakSet()
+            revoke = index.revoke  # the class's method, bound to this index
+            registered = watchers
+
+            @functools.wraps(revoke)
+            def revoke_everywhere(*args: Any, **kwargs: Any) -> RevocationReport:
+                report = revoke(*args, **kwargs)
+                failed: BaseException | None = None
+                for watcher in list(registered):
+                    try:
+                        watcher.purge(report.removed)
+                    except Exception as exc:  # the core is purged: clean the other stores anyway
+                        logger.exception("revocation: could not delete the revoked copies from a store")
+                        failed = failed or exc
+                if failed is not None:
+                    raise failed
+                return report
+
+            index.__dict__[_WATCHERS] = watchers
+            setattr(index, "revoke", revoke_everywhere)  # noqa: B010  (an instance attribute, not the class's)
+        watchers.add(stores)
 
 
 @dataclass(slots=True)
@@ -144,6 +188,7 @@ class GuardedStores:
         self.max_fetch = max_fetch
         self.shelves: dict[str, _Shelf] = {}
         self._lock = threading.Lock()
+        _watch_revocations(self)
 
     def parse(self, namespace: Any) -> Namespace:
         return self.index.pipeline.schema.parse(namespace)
@@ -291,6 +336,47 @@ class GuardedStores:
                         shelf.in_quarantine.discard(doc_id)
                         writes.drop_quarantine.append(sid)
         return removed, writes
+
+    def purge(self, removed: Iterable[tuple[str, str]]) -> None:
+        """Forget revoked ``(namespace key, node id)`` pairs: shelves first, then both stores.
+
+        The shelves go first, so a copy a failing store still holds is fenced off all the same.
+        Every derived store id is deleted, known to the shelves or not: a copy written before a
+        reload, or by another process, goes too.
+        """
+        sids: list[str] = []
+        with self._lock:
+            for key, doc_id in removed:
+                sid = store_id(key, doc_id)
+                sids.append(sid)
+                shelf = self.shelves.get(key)
+                if shelf is not None:
+                    shelf.nodes.pop(doc_id, None)
+                    shelf.in_store.pop(sid, None)
+                    shelf.in_quarantine.discard(doc_id)
+        if not sids:
+            return
+        for store in (self.vector_store, self.quarantine_store):
+            if store is not None:
+                store.delete_nodes(node_ids=sids)
+
+    def adopt(self) -> None:
+        """Rebuild the store-id tables from the core, for stores already holding its copies.
+
+        Every document of the core's main partition is taken to have a copy in ``vector_store``,
+        and every quarantined one a copy in ``quarantine_store``. A document that has none (added
+        to the core directly) costs nothing: its derived id is simply never returned. The original
+        nodes are not in the core: hits of adopted documents come back as plain ``TextNode`` objects.
+        """
+        with self._lock:
+            for key in self.index.namespaces():
+                shelf = self.shelves.setdefault(key, _Shelf())
+                kept = self.index.ids(namespace=key)
+                if self.vector_store is not None:
+                    shelf.in_store.update((store_id(key, doc_id), doc_id) for doc_id in kept)
+                if self.quarantine_store is not None:
+                    every = self.index.ids(namespace=key, include_quarantined=True)
+                    shelf.in_quarantine.update(set(every) - set(kept))
 
     # -- search ---------------------------------------------------------------------------------
 
