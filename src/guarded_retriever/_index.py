@@ -214,6 +214,7 @@ class GuardedIndex:
         self.quarantine = Partition("quarantine", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
         self.stats: dict[str, int] = {"queries": 0, "namespace_violations": 0, "quarantined_at_query": 0}
         self._lock = RWLock()
+        self._revoke_listeners: list[Callable[[RevocationReport], None]] = []
 
     @property
     def _write_lock(self) -> AbstractContextManager[None]:
@@ -831,8 +832,24 @@ class GuardedIndex:
         from now on; lists (and with an embedder re-embeds) the removed documents' dense neighbours."""
         from ._incident import revoke
 
-        return revoke(self, content_hash=content_hash, manifest_id=manifest_id, reason=reason,
-                      embedder=embedder if embedder is not None else None)
+        report = revoke(self, content_hash=content_hash, manifest_id=manifest_id, reason=reason,
+                        embedder=embedder)
+        errors = []
+        for listener in list(self._revoke_listeners):
+            try:
+                listener(report)
+            except Exception as exc:  # every store gets its purge before anything is raised
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return report
+
+    def add_revoke_listener(self, listener: Callable[[RevocationReport], None]) -> None:
+        """Call ``listener(report)`` after every revocation has purged the index: adapters delete
+        their base stores' copies of ``report.removed`` here. A listener that raises fails the
+        :meth:`revoke` call after the others ran; the index purge itself stands."""
+        if listener not in self._revoke_listeners:
+            self._revoke_listeners.append(listener)
 
     def export_suspects(self, **filters: Any) -> list[dict[str, Any]]:
         """Stored documents by ``content_hash``, ``manifest_id``, ``domain`` or poison ``reason``."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -54,18 +53,15 @@ def _watch_revocations(index: GuardedIndex, stores: Iterable[VectorStore]) -> No
     """Make ``index.revoke`` also delete the revoked documents' copies from ``stores``.
 
     The core index cannot see the LangChain stores a :class:`GuardedVectorStore` writes to, so the
-    first store over an index wraps that index's ``revoke`` (on the instance only) with a purge of
-    every store registered on it since. A revocation reaches every namespace, so the purge does too:
+    first store over an index registers a revocation listener (``index.add_revoke_listener``) that
+    purges every store registered on it since. A revocation reaches every namespace, so the purge does too:
     store ids are derived from ``(namespace, id)``, so only the revoked documents' copies go.
     """
     held: list[VectorStore] | None = vars(index).get(_COPY_STORES)
     if held is None:
         copies: list[VectorStore] = []
-        core_revoke = index.revoke
 
-        @functools.wraps(core_revoke)
-        def revoke(**kwargs: Any) -> RevocationReport:
-            report = core_revoke(**kwargs)
+        def purge(report: RevocationReport) -> None:
             if report.removed:
                 failures: list[BaseException] = []
                 for store in list(copies):
@@ -80,10 +76,9 @@ def _watch_revocations(index: GuardedIndex, stores: Iterable[VectorStore]) -> No
                         "delete them there by store_id(namespace, id)"
                     )
                     raise failures[0]
-            return report
 
         vars(index)[_COPY_STORES] = held = copies
-        vars(index)["revoke"] = revoke
+        index.add_revoke_listener(purge)
     for store in stores:
         if not any(store is h for h in held):
             held.append(store)

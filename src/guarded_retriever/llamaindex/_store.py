@@ -15,15 +15,14 @@ are derived, the store-id tables can be rebuilt from the core alone (:meth:`Guar
 and a revocation can find every copy of a revoked document (:meth:`GuardedStores.purge`).
 
 :meth:`GuardedIndex.revoke` knows nothing of LlamaIndex stores, so every ``GuardedStores`` registers
-itself with its index: the first one wraps that index's ``revoke`` (on the instance only) so that a
-revocation, whether called on the core or on a retriever, also deletes the removed documents'
+itself with its index: the first one adds a revocation listener (``index.add_revoke_listener``) so
+that a revocation, whether called on the core or on a retriever, also deletes the removed documents'
 copies from every registered store and forgets them in the shelves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 import uuid
@@ -79,12 +78,9 @@ def _watch_revocations(stores: GuardedStores) -> None:
         watchers: weakref.WeakSet[GuardedStores] | None = index.__dict__.get(_WATCHERS)
         if watchers is None:
             watchers = weakref.WeakSet()
-            revoke = index.revoke  # the class's method, bound to this index
             registered = watchers
 
-            @functools.wraps(revoke)
-            def revoke_everywhere(*args: Any, **kwargs: Any) -> RevocationReport:
-                report = revoke(*args, **kwargs)
+            def purge_everywhere(report: RevocationReport) -> None:
                 failed: BaseException | None = None
                 for watcher in list(registered):
                     try:
@@ -94,10 +90,9 @@ def _watch_revocations(stores: GuardedStores) -> None:
                         failed = failed or exc
                 if failed is not None:
                     raise failed
-                return report
 
             index.__dict__[_WATCHERS] = watchers
-            setattr(index, "revoke", revoke_everywhere)  # noqa: B010  (an instance attribute, not the class's)
+            index.add_revoke_listener(purge_everywhere)
         watchers.add(stores)
 
 
