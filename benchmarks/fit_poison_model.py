@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def collect(bundle_dir: Path, config: gr.GuardConfig) -> tuple[list[str], np.ndarray]:
     bundle = load_bundle(bundle_dir)
     off_config, off_model = _unguarded(config)
-    index = _build(bundle, off_config, off_model, None, None)
+    index = _build(bundle, off_config, off_model, None)
     feats: dict[str, np.ndarray] = {}
     for shard in index.main.shards.values():
         for doc_id, pos in shard.positions.items():

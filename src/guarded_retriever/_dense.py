@@ -98,33 +98,43 @@ class DenseShard:
         self._dead.add(row)
         self._alive_bits = None
 
+    def _brute_force(self) -> bool:
+        """A handful of vectors (a small tenant, a quarantine): one matrix product beats FAISS."""
+        return self._n <= _BRUTE_FORCE_MAX and self.kind in ("auto", "flat")
+
+    def _alive_bitmap(self) -> np.ndarray:
+        """FAISS's deletion bitmap, built once per change, not per query (it is O(N))."""
+        if self._alive_bits is None:
+            alive = np.ones(self._n, dtype=bool)
+            alive[list(self._dead)] = False
+            self._alive_bits = np.packbits(alive, bitorder="little")
+        return self._alive_bits
+
     def prepare(self) -> None:
         """Bring the FAISS index and the deletion bitmap up to date (see ``Shard.refresh``)."""
-        if self._n > _BRUTE_FORCE_MAX or self.kind not in ("auto", "flat"):
+        if not self._brute_force():
             self._ensure_index()
-            if self._dead and self._alive_bits is None:
-                alive = np.ones(self._n, dtype=bool)
-                alive[list(self._dead)] = False
-                self._alive_bits = np.packbits(alive, bitorder="little")
+            if self._dead:
+                self._alive_bitmap()
 
     def dead_rows(self) -> frozenset[int]:
         return frozenset(self._dead)
 
     def replace(self, row: int, vector: np.ndarray) -> None:
         """Overwrite one row's (validated, normalised) vector; the FAISS index is rebuilt lazily."""
-        if not self._vectors.flags.writeable:  # memory-mapped after a load
+        if not self._vectors.flags.writeable:  # a read-only view on the verified bytes after a load
             self._vectors = np.array(self._vectors)
         self._vectors[row] = vector
         self._index = None
 
     def trained_index(self) -> Any:
         """The up-to-date IVF / HNSW index worth saving, or ``None`` for a flat or brute-force one."""
-        if self.resolved_kind() == "flat" or self._n <= _BRUTE_FORCE_MAX:
+        if self.resolved_kind() == "flat" or self._brute_force():
             return None
         return self._ensure_index()
 
     def restore(self, vectors: np.ndarray, index: Any = None) -> None:
-        """Adopt loaded vectors (possibly memory-mapped) and, when given, their saved FAISS index."""
+        """Adopt loaded vectors (possibly read-only) and, when given, their saved FAISS index."""
         self._vectors = vectors
         self._n = len(vectors)
         self._dead = set()
@@ -175,8 +185,7 @@ class DenseShard:
         if live <= 0 or k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         k = min(k, live)
-        if self._n <= _BRUTE_FORCE_MAX and self.kind in ("auto", "flat"):
-            # A handful of vectors (a small tenant, a quarantine): one matrix product beats a FAISS call.
+        if self._brute_force():
             sims = self._vectors[: self._n] @ query
             if self._dead:
                 sims[list(self._dead)] = -np.inf
@@ -186,11 +195,7 @@ class DenseShard:
         index = self._ensure_index()
         q = query.reshape(1, -1)
         if self._dead:
-            bits = self._alive_bits
-            if bits is None:  # built once per change, not per query (it is O(N))
-                alive = np.ones(self._n, dtype=bool)
-                alive[list(self._dead)] = False
-                bits = self._alive_bits = np.packbits(alive, bitorder="little")
+            bits = self._alive_bitmap()
             # `bits` must outlive the search: FAISS keeps a raw pointer to it.
             params = _search_params(index, faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bits)))
             scores, rows = index.search(q, k, params=params)

@@ -12,13 +12,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from ._canonical import tokenize
 from ._dense import check_vectors
 from ._exceptions import ConfigError
+from ._policy import source_domain
 from ._store import Shard
 
 if TYPE_CHECKING:
@@ -110,15 +110,6 @@ def revoke(
     return RevocationReport(kind, value, removed, tuple(sorted(near)), reembedded, seconds)
 
 
-def _host(url: str | None) -> str:
-    if not url:
-        return ""
-    try:
-        return (urlsplit(url).hostname or "").encode("idna").decode("ascii").lower()
-    except (UnicodeError, ValueError):
-        return ""
-
-
 def export_suspects(
     index: GuardedIndex,
     *,
@@ -132,7 +123,7 @@ def export_suspects(
 
     ``domain`` matches the source URL's host and its subdomains; ``reason`` a poison reason.
     """
-    want_domain = _host(f"https://{domain}") if domain else None
+    want_domain = source_domain(f"https://{domain}") if domain else None
     partitions = [index.quarantine, index.main] if include_main else [index.quarantine]
     for partition in partitions:
         for key, shard in sorted(partition.shards.items()):
@@ -145,7 +136,7 @@ def export_suspects(
                 if reason is not None and reason not in row.reasons:
                     continue
                 if want_domain is not None:
-                    host = _host(row.source_url)
+                    host = source_domain(row.source_url)
                     if host != want_domain and not host.endswith("." + want_domain):
                         continue
                 yield {"namespace": key, "id": row.id, "partition": partition.name,

@@ -28,7 +28,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -48,7 +47,7 @@ from ._ledger import Ledger
 from ._manifest import IngestManifest, ManifestSigner, SignedManifest
 from ._namespace import Namespace
 from ._poison import FEATURES, PoisonModel, document_features
-from ._policy import TrustPolicy
+from ._policy import TrustPolicy, source_domain
 from ._query_guard import EchoScorer, paraphrase_cluster
 from ._rwlock import RWLock
 from ._store import Partition, Row, Shard
@@ -115,6 +114,12 @@ class SearchResult:
     violations: int = 0
     dropped: list[str] = field(default_factory=list)
     """Ids of the foreign hits the namespace fence dropped (``violations`` of them)."""
+
+    @classmethod
+    def empty(cls, query: str, namespace: str, *, violations: int = 0, dropped: Sequence[str] = ()) -> SearchResult:
+        """No context at all: ΔS is 1 at every stage and λ is chaotic."""
+        stages = {"retrieve": 1.0, "fuse": 1.0, "quarantine": 1.0}
+        return cls(query, namespace, [], [], stages, "chaotic", [], violations, list(dropped))
 
     def contract(self, *, citation_chars: int = 600) -> dict[str, Any]:
         """The cite-then-explain contract (a dict that validates against the shipped schema)."""
@@ -212,7 +217,8 @@ class GuardedIndex:
         c = self.config
         self.main = Partition("main", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
         self.quarantine = Partition("quarantine", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
-        self.stats: dict[str, int] = {"queries": 0, "namespace_violations": 0, "quarantined_at_query": 0}
+        self.stats: dict[str, int] = {"queries": 0, "namespace_violations": 0, "quarantined_at_query": 0,
+                                      "revoked_blocked": 0}
         self._lock = RWLock()
         self._revoke_listeners: list[Callable[[RevocationReport], None]] = []
 
@@ -291,7 +297,7 @@ class GuardedIndex:
         return report
 
     def _observe_batch(self, batch: PreparedBatch) -> None:
-        domain = _host(batch.provenance.source_url)
+        domain = source_domain(batch.provenance.source_url)
         self.emit(logging.INFO, "ingest.batch", namespace=batch.namespace.key, domain=domain or None,
                   documents=len(batch.documents), quarantined=len(batch.quarantined),
                   reasons=sorted({r for d in batch.quarantined for r in d.reasons}))
@@ -345,10 +351,10 @@ class GuardedIndex:
     def delete(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str) -> int:
         """Remove documents from both partitions of a namespace; returns how many were removed."""
         key = self.pipeline.schema.parse(namespace).key
-        if self.ledger.is_frozen(key):
-            raise NamespaceFrozenError(f"namespace {key!r} is frozen")
         removed: list[str] = []
         with self._write_lock, self.ledger.transaction() as tx:
+            if self.ledger.is_frozen(key):  # checked inside the transaction: no freeze slips between
+                raise NamespaceFrozenError(f"namespace {key!r} is frozen")
             wanted = list(dict.fromkeys(ids))
             self.ledger.delete_documents([(key, i) for i in wanted], conn=tx)
             for doc_id in wanted:
@@ -418,8 +424,7 @@ class GuardedIndex:
         shard = self.main.shards.get(key)
         qshard = self.quarantine.shards.get(key)
         if (shard is None or not len(shard)) and (qshard is None or not len(qshard)):
-            empty = {"retrieve": 1.0, "fuse": 1.0, "quarantine": 1.0}
-            return SearchResult(query, key, [], [], empty, "chaotic")
+            return SearchResult.empty(query, key)
         qc = canonicalize(query)
         qtokens = tokenize(qc)
         qvec = self._query_vector(query, query_vector)
@@ -664,16 +669,14 @@ class GuardedIndex:
             raise ConfigError(f"got {len(scores)} scores for {len(docs)} documents")
         self.stats["queries"] += 1
         if not docs:
-            empty = {"retrieve": 1.0, "fuse": 1.0, "quarantine": 1.0}
-            return SearchResult(query, key, [], [], empty, "chaotic")
+            return SearchResult.empty(query, key)
         given = None
         if vectors is not None:
             given = check_vectors(vectors, self.dim, len(docs))
         shard = self.main.shards.get(key)
         qshard = self.quarantine.shards.get(key)
         revoked = self.ledger.revoked_hashes()
-        withheld = ({qshard.rows[pos].content_hash: qshard.rows[pos] for pos in qshard.positions.values()}
-                    if qshard is not None else {})
+        withheld = qshard.by_content_hash() if qshard is not None else {}
 
         # 1. the fence: resolve each document to its ingest record, or to its own text.
         entries: list[tuple[int, GuardDocument, Row | None, str | None]] = []
@@ -686,7 +689,7 @@ class GuardedIndex:
             digest = content_hash(canonical)
             row, stage = None, None
             if digest in revoked:  # revoked text stays out, whoever presents it and under any id
-                self.stats["revoked_blocked"] = self.stats.get("revoked_blocked", 0) + 1
+                self.stats["revoked_blocked"] += 1
                 continue
             if digest in withheld:  # quarantined at ingest: stays quarantined under any id
                 row, stage = withheld[digest], "ingest"
@@ -712,15 +715,14 @@ class GuardedIndex:
                 feats = (*own, *([0.0] * (len(FEATURES) - len(own))))
                 p, why = self.model.score(feats)
                 row = Row(id=d.id, text=d.text, canonical=canonical, metadata=dict(d.metadata),
-                          namespace=key, content_hash=content_hash(canonical), source_url=None,
+                          namespace=key, content_hash=digest, source_url=None,
                           manifest_id=None, provenance=0.0, features=feats, poison=round(p, 6),
                           reasons=why)
             entries.append((i, d, row, stage))
         if violations:
             self.stats["namespace_violations"] += violations
         if not entries:
-            empty = {"retrieve": 1.0, "fuse": 1.0, "quarantine": 1.0}
-            return SearchResult(query, key, [], [], empty, "chaotic", [], violations, dropped)
+            return SearchResult.empty(query, key, violations=violations, dropped=dropped)
 
         # 2. vectors: the caller's, else the index's own, else the embedder's.
         qvec = self._query_vector(query, query_vector)
@@ -889,7 +891,7 @@ class GuardedIndex:
         batches: set[str] = set()
         for _, reasons, url, batch in self.ledger.detections():  # the ledger survives save/load
             by_reason.update(reasons or ("poison_score",))
-            by_domain[_host(url) or "-"] += 1
+            by_domain[source_domain(url) or "-"] += 1
             batches.add(batch)
         return {
             "documents": {p.name: {k: len(s) for k, s in sorted(p.shards.items())}
@@ -960,13 +962,3 @@ def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int,
     bm25 = np.maximum(np.concatenate([b_scores, scored[n_matched:][extra]]), 0.0).astype(np.float64)
     cosines = shard.dense.similarity(qvec, rows).astype(np.float64)
     return _Candidates(rows, bm25, cosines, b_rows, d_rows)
-
-
-
-def _host(url: str | None) -> str:
-    if not url:
-        return ""
-    try:
-        return (urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return ""

@@ -136,6 +136,9 @@ class Ledger:
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open ledger at {self.path!r}: {exc}") from exc
         self._lock = threading.RLock()
+        # revoked_hashes() is read on every screened query; it only changes when a transaction
+        # commits (or a backup is restored), which is when this is dropped.
+        self._revoked_hashes: frozenset[str] | None = None
 
     def backup_to(self, target: sqlite3.Connection) -> None:
         """Copy the whole ledger into ``target`` (a consistent snapshot, even while in use)."""
@@ -146,6 +149,7 @@ class Ledger:
         """Replace this ledger's contents with ``source``'s (used when loading a saved index)."""
         with self._lock:
             source.backup(self._conn)
+            self._revoked_hashes = None
 
     def close(self) -> None:
         with self._lock:
@@ -177,6 +181,8 @@ class Ledger:
             except sqlite3.Error as exc:
                 self._conn.execute("ROLLBACK")
                 raise LedgerError(f"ledger commit failed: {exc}") from exc
+            finally:
+                self._revoked_hashes = None
 
     def record_batch(
         self,
@@ -329,18 +335,21 @@ class Ledger:
                 "SELECT kind, value, reason, created_at FROM revocations ORDER BY created_at").fetchall()
         return [{"kind": k, "value": v, "reason": r, "at": at} for k, v, r, at in rows]
 
-    def revoked_hashes(self) -> set[str]:
+    def revoked_hashes(self) -> frozenset[str]:
         """Every content hash that must stay out: revoked ones, and those listed by revoked manifests."""
-        hashes = self.revoked("content_hash")
         with self._lock:
+            if self._revoked_hashes is not None:
+                return self._revoked_hashes
+            hashes = self.revoked("content_hash")
             payloads = self._conn.execute(
                 "SELECT m.payload FROM manifests m JOIN revocations r"
                 " ON r.kind = 'manifest' AND r.value = m.manifest_id").fetchall()
-        for (payload,) in payloads:
-            body = orjson.loads(payload)
-            body = body.get("manifest", body)  # a signed manifest wraps its body
-            hashes.update(body.get("content_hashes", ()))
-        return hashes
+            for (payload,) in payloads:
+                body = orjson.loads(payload)
+                body = body.get("manifest", body)  # a signed manifest wraps its body
+                hashes.update(body.get("content_hashes", ()))
+            self._revoked_hashes = frozenset(hashes)
+            return self._revoked_hashes
 
     def frozen(self) -> list[str]:
         with self._lock:

@@ -55,6 +55,17 @@ def _host(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), _idna(host.rstrip("."))
 
 
+def source_domain(url: str | None) -> str:
+    """The IDNA host of a source URL, or ``""`` when there is none (for grouping and filtering,
+    where a malformed URL is just "no domain", not an error)."""
+    if not url:
+        return ""
+    try:
+        return _host(url)[1]
+    except UntrustedSourceError:
+        return ""
+
+
 def _idna(host: str) -> str:
     try:
         return host.encode("idna").decode("ascii").lower()

@@ -81,8 +81,8 @@ class LazyRows:
 class Shard:
     """The documents of one namespace in one partition, with their BM25 and FAISS indexes."""
 
-    __slots__ = ("_poison", "_prior_arrays", "_provenance", "_refresh_lock", "_stale", "alive", "bm25", "dense",
-                 "namespace", "positions", "rows")
+    __slots__ = ("_by_hash", "_poison", "_prior_arrays", "_provenance", "_refresh_lock", "_stale", "alive", "bm25",
+                 "dense", "namespace", "positions", "rows")
 
     def __init__(self, namespace: str, dim: int, *, k1: float, b: float, kind: IndexKind) -> None:
         self.namespace = namespace
@@ -93,6 +93,7 @@ class Shard:
         self._provenance: list[float] = []
         self._poison: list[float] = []
         self._prior_arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._by_hash: dict[str, Row] | None = None
         self._stale = True
         self._refresh_lock = threading.Lock()
         self.bm25 = BM25Shard(k1=k1, b=b)
@@ -108,8 +109,7 @@ class Shard:
         self.rows.append(row)
         self._provenance.append(row.provenance)
         self._poison.append(row.poison)
-        self._prior_arrays = None
-        self._stale = True
+        self.mark_stale()
         self.alive.append(True)
         self.positions[row.id] = position
 
@@ -118,7 +118,7 @@ class Shard:
         if position is None:
             return None
         self.alive[position] = False
-        self._stale = True
+        self.mark_stale()
         self.bm25.remove(position)
         self.dense.remove(position)
         return self.rows[position]
@@ -133,13 +133,26 @@ class Shard:
         self.positions = {doc_id: i for i, doc_id in enumerate(ids)}
         self._provenance = columns["provenance"].tolist()
         self._poison = columns["poison"].tolist()
-        self._prior_arrays = None
-        self._stale = True
+        self.mark_stale()
         self.bm25 = bm25
         self.dense.restore(vectors, index)
 
     def mark_stale(self) -> None:
+        """Drop every cache derived from the rows; the next search rebuilds what it needs."""
+        self._prior_arrays = None
+        self._by_hash = None
         self._stale = True
+
+    def by_content_hash(self) -> dict[str, Row]:
+        """Live rows by content hash, built once per change (``screen`` looks texts up in it)."""
+        table = self._by_hash
+        if table is None:
+            with self._refresh_lock:
+                table = self._by_hash
+                if table is None:
+                    rows = self.rows
+                    table = self._by_hash = {rows[p].content_hash: rows[p] for p in self.positions.values()}
+        return table
 
     def refresh(self) -> None:
         """Build what the last writes left stale (BM25 postings, priors, FAISS additions, deletion

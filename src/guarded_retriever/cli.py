@@ -63,11 +63,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _redteam(args: argparse.Namespace) -> int:
     from .redteam import plot_run, run_bundle, score_run
 
-    embedder = None
-    if args.embedder != "bundle":
-        from ._embed import HashingEmbedder, MiniLMEmbedder
-
-        embedder = MiniLMEmbedder() if args.embedder == "minilm" else HashingEmbedder()
+    embedder = _embedder(None if args.embedder == "bundle" else args.embedder, None)
     run = run_bundle(args.bundle, embedder=embedder, progress=None if not args.quiet else False)
     report = score_run(run)
     text = json.dumps(report, indent=2, ensure_ascii=False)
@@ -111,6 +107,7 @@ def _signer(args: argparse.Namespace) -> ManifestSigner | None:
         text = Path(path).read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise CommandError(f"cannot read the signing key {path}: {exc}") from None
+    # Checked here, not by _hex_key: its error message would echo the secret seed.
     if len(text) != 64 or not set(text.lower()) <= _HEX:
         raise CommandError(f"the signing key {path} must hold a 32-byte ed25519 seed as 64 hex characters")
     return ManifestSigner.from_seed(bytes.fromhex(text))
@@ -134,11 +131,10 @@ def _load(args: argparse.Namespace, path: Path, *, embedder: str | None = None) 
         raise CommandError(f"no trusted signer: pass --trusted-signer HEX (or set ${TRUSTED_SIGNERS_ENV}), "
                            "or --allow-unsigned for an unsigned index")
     index = GuardedIndex.load(path, trusted_signers=trusted, allow_unsigned=args.allow_unsigned)
-    if embedder not in (None, "none"):
-        from ._embed import as_embedder
-
-        # Built after the load so the hashing embedder gets the index's own dimension.
-        index.embedder = as_embedder(_embedder(embedder, index.dim))
+    # Built after the load so the hashing embedder gets the index's own dimension.
+    model = _embedder(embedder, index.dim)
+    if model is not None:
+        index.embedder = model
     return index
 
 

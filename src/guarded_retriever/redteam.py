@@ -33,6 +33,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ._config import FusionWeights, GuardConfig
+from ._embed import as_embedder
 from ._exceptions import ConfigError, MissingExtraError
 from ._index import GuardedIndex
 from ._poison import FEATURES, PoisonModel
@@ -129,19 +130,22 @@ class BundleRun:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _build(bundle: Bundle, config: GuardConfig, model: PoisonModel, embedder: Any,
-           progress: _Progress | None, batch_size: int = 1000) -> GuardedIndex:
-    index = GuardedIndex(embedder, config=config, model=model, policy=TrustPolicy(manifest_required=False))
+BATCH_SIZE = 1000
+
+
+def _build(bundle: Bundle, config: GuardConfig, model: PoisonModel, progress: _Progress | None) -> GuardedIndex:
+    """One index over the bundle, a namespace per tenant, from the bundle's (or run's) vectors."""
+    assert bundle.doc_vectors is not None
+    index = GuardedIndex(config=config, model=model, policy=TrustPolicy(manifest_required=False))
     by_tenant: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(bundle.docs):
         by_tenant[str(d.get("metadata", {}).get("tenant", ""))].append(i)
     for tenant, rows in by_tenant.items():
         ns = _namespace(tenant)
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s: s + batch_size]
+        for s in range(0, len(rows), BATCH_SIZE):
+            chunk = rows[s: s + BATCH_SIZE]
             docs = [(bundle.docs[i]["_id"], bundle.docs[i]["text"]) for i in chunk]
-            vectors = bundle.doc_vectors[chunk] if bundle.doc_vectors is not None else None
-            index.add(docs, namespace=ns, vectors=vectors)
+            index.add(docs, namespace=ns, vectors=bundle.doc_vectors[chunk])
             if progress is not None:
                 progress.update(len(chunk))
     return index
@@ -173,16 +177,21 @@ def run_bundle(
         progress: show progress bars; by default only when stderr is a terminal.
     """
     bundle = load_bundle(path)
-    if bundle.doc_vectors is None and embedder is None:
-        raise ConfigError("the bundle has no embeddings/: pass an embedder")
+    if bundle.doc_vectors is None:
+        if embedder is None:
+            raise ConfigError("the bundle has no embeddings/: pass an embedder")
+        # Embed once: the guarded and the unguarded index share the vectors, as they would the model.
+        model_ = as_embedder(embedder)
+        bundle.doc_vectors = np.asarray(model_.embed_documents([d["text"] for d in bundle.docs]), dtype=np.float32)
+        bundle.query_vectors = np.asarray([model_.embed_query(q["text"]) for q in bundle.queries], dtype=np.float32)
     config = config if config is not None else GuardConfig()
     model = model if model is not None else PoisonModel.default()
     show = sys.stderr.isatty() if progress is None else progress
     t0 = time.perf_counter()
-    guarded = _build(bundle, config, model, embedder, _Progress(len(bundle.docs), "ingest", show))
+    guarded = _build(bundle, config, model, _Progress(len(bundle.docs), "ingest", show))
     t1 = time.perf_counter()
     off_config, off_model = _unguarded(config)
-    plain = _build(bundle, off_config, off_model, embedder, None)
+    plain = _build(bundle, off_config, off_model, None)
 
     doc_tenant = {d["_id"]: str(d.get("metadata", {}).get("tenant", "")) for d in bundle.docs}
     doc_score: dict[str, float] = {}
@@ -210,11 +219,9 @@ def run_bundle(
         qvec = bundle.query_vectors[qi] if bundle.query_vectors is not None else None
         result = guarded.search(q["text"], namespace=ns, k=EVAL_DEPTH, query_vector=qvec)
         run.guarded[qid] = [h.id for h in result.kept]
-        for hit in result.quarantined:
-            if hit.stage == "query" and hit.poison > doc_score.get(hit.id, 0.0):
-                doc_score[hit.id], doc_features[hit.id], doc_reasons[hit.id] = (
-                    hit.poison, hit.features, hit.reasons)
-        for hit in result.kept:  # a kept hit's query-time features still inform the fit
+        # Hits judged against this query (a kept hit's query-time features still inform the fit;
+        # a hit withheld at ingest already carries its ingest score).
+        for hit in (*result.kept, *(h for h in result.quarantined if h.stage == "query")):
             if hit.poison > doc_score.get(hit.id, 0.0):
                 doc_score[hit.id], doc_features[hit.id], doc_reasons[hit.id] = (
                     hit.poison, hit.features, hit.reasons)
@@ -296,15 +303,21 @@ def _recall(ranked: Sequence[str], rels: dict[str, float], depth: int = EVAL_DEP
     return len(relevant.intersection(ranked[:depth])) / len(relevant) if relevant else 0.0
 
 
+def _scored(run: BundleRun, labels: dict[str, tuple[str, str, str]]
+            ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """``(ids, label kinds, scores, is_poison)`` of every document, in id order."""
+    ids = sorted(run.doc_tenant)
+    kind = [labels.get(d, ("clean", "-", "-"))[0] for d in ids]
+    scores = np.array([run.doc_score.get(d, 0.0) for d in ids])
+    return ids, kind, scores, np.array([k == "poison" for k in kind], dtype=np.int8)
+
+
 def score_run(run: BundleRun) -> dict[str, Any]:
     """Score a run against the bundle's ``labels.tsv`` and ``qrels.tsv``: the report dict."""
     root = Path(run.bundle)
     labels = _read_labels(root)
     qrels = _read_qrels(root)
-    ids = sorted(run.doc_tenant)
-    kind = [labels.get(d, ("clean", "-", "-"))[0] for d in ids]
-    scores = np.array([run.doc_score.get(d, 0.0) for d in ids])
-    y = np.array([k == "poison" for k in kind], dtype=np.int8)
+    ids, kind, scores, y = _scored(run, labels)
     flagged = scores >= run.threshold
     clean = np.array([k == "clean" for k in kind])
     hard = np.array([k == "benign_hard" for k in kind])
@@ -374,10 +387,8 @@ def run_redteam(path: str | Path, **kwargs: Any) -> dict[str, Any]:
 
 def roc_curve(run: BundleRun) -> tuple[np.ndarray, np.ndarray]:
     """``(fpr, tpr)`` points of the document-level ROC, for plotting."""
-    labels = _read_labels(Path(run.bundle))
-    ids = sorted(run.doc_tenant)
-    scores = np.array([run.doc_score.get(d, 0.0) for d in ids])
-    y = np.array([labels.get(d, ("clean",))[0] == "poison" for d in ids])
+    _, _, scores, poison = _scored(run, _read_labels(Path(run.bundle)))
+    y = poison.astype(bool)
     thresholds = np.unique(scores)[::-1]
     fpr = np.array([0.0, *[(scores[~y] >= t).mean() for t in thresholds], 1.0])
     tpr = np.array([0.0, *[(scores[y] >= t).mean() for t in thresholds], 1.0])

@@ -66,7 +66,7 @@ def events_for(
                     "namespace": result.namespace,
                     "source": source,
                     "count": result.violations,
-                    "ids": [],
+                    "ids": list(result.dropped),
                 },
             )
         )

@@ -287,51 +287,30 @@ class GuardedVectorStore(VectorStore):
         if not docs:
             return []
         before = self._placement([d.id for d in docs])
-        report = self.index.add(docs, namespace=self.namespace, manifest=manifest)
-        try:
+
+        def write_copies(report: IngestReport) -> None:
+            # Inside the index's ledger transaction: if a store write fails, the index rolls the
+            # batch back and restores any previous versions of re-added ids.
             for side, op, items in self._routes(docs, report, before):
                 if op == "write":
                     side.write(self.namespace, items)
                 else:
                     side.remove(self.namespace, items)
-        except BaseException:
-            self.index.delete([d.id for d in docs], namespace=self.namespace)
-            raise
+
+        self.index.add(docs, namespace=self.namespace, manifest=manifest, on_commit=write_copies)
         return [d.id for d in docs]
 
     @override
     async def aadd_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
-        """The async twin of :meth:`add_documents` (ingest in the executor, native store writes)."""
-        docs, manifest = self._prepare(documents, kwargs)
-        if not docs:
-            return []
-        before = await run_in_executor(None, self._placement, [d.id for d in docs])
-        report = await run_in_executor(
-            None, partial(self.index.add, docs, namespace=self.namespace, manifest=manifest)
-        )
-        try:
-            for side, op, items in self._routes(docs, report, before):
-                if op == "write":
-                    await side.awrite(self.namespace, items)
-                else:
-                    await side.aremove(self.namespace, items)
-        except BaseException:
-            await run_in_executor(
-                None, partial(self.index.delete, [d.id for d in docs], namespace=self.namespace)
-            )
-            raise
-        return [d.id for d in docs]
+        """The async twin of :meth:`add_documents`, run in the executor: the store writes belong to
+        the index's transaction, so they cannot be awaited separately."""
+        return await run_in_executor(None, partial(self.add_documents, documents, **kwargs))
 
     def _ids_to_delete(self, ids: Sequence[str] | None) -> list[str]:
         if ids is not None:
             return [str(i) for i in ids]
         # delete(None) means "everything" in LangChain; for a guarded store, its namespace's all.
-        held: list[str] = []
-        for partition in (self.index.main, self.index.quarantine):
-            shard = partition.shards.get(self.namespace)
-            if shard is not None:
-                held.extend(shard.positions)
-        return held
+        return self.index.ids(namespace=self.namespace, include_quarantined=True)
 
     @override
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:

@@ -104,8 +104,7 @@ class GuardedNodePostprocessor(BaseNodePostprocessor):
                query_bundle: QueryBundle | None) -> list[NodeWithScore]:
         unique = _first_of_each(nodes)
         result = self._screen(unique, query_bundle)
-        judged = {h.id for h in result.kept} | {h.id for h in result.quarantined}
-        emit_guard_events(result, "postprocessor", [i for i in unique if i not in judged])
+        emit_guard_events(result, "postprocessor", result.dropped)
         return [NodeWithScore(node=guarded_copy(unique[h.id].node, h, self.metadata_key),
                               score=unique[h.id].score) for h in result.kept]
 
