@@ -148,8 +148,8 @@ def test_contextual_compression_over_an_unguarded_retriever_holds_the_namespace(
         base_compressor=GuardedDocumentCompressor(index=acme.index, namespace=ACME_NS),
         base_retriever=unguarded_mixed_store().as_retriever(search_kwargs={"k": 20}),
     )
-    for query in QUERIES:
-        assert set(ids(retriever.invoke(query))) <= UNGUARDED_ACME
+    results = [set(ids(retriever.invoke(query))) for query in QUERIES]
+    assert any(results) and all(found <= UNGUARDED_ACME for found in results)
 
 
 @pytest.mark.asyncio
@@ -184,8 +184,8 @@ def test_an_ensemble_of_bound_retrievers_holds_the_namespace_even_when_asked_for
     ensemble = EnsembleRetriever(
         retrievers=[acme.as_guarded_retriever(k=10), own_index], weights=[0.5, 0.5]
     )
-    for query in QUERIES:
-        assert set(ids(ensemble.invoke(query))) <= ACME_IDS
+    results = [set(ids(ensemble.invoke(query))) for query in QUERIES]
+    assert any(results) and all(found <= ACME_IDS for found in results)
     # EnsembleRetriever drops invoke kwargs: a namespace= cannot redirect its children...
     assert set(ids(ensemble.invoke("password", namespace=GLOBEX_NS))) == ACME_IDS
     assert POISON[0] not in ids(ensemble.invoke(ATTACK))
@@ -204,7 +204,8 @@ async def test_an_ensemble_of_unbound_retrievers_fails_closed(tenants):
     bound = EnsembleRetriever(
         retrievers=[unbound.for_namespace(GLOBEX_NS), unbound.for_namespace(GLOBEX_NS)]
     )
-    assert set(ids(await bound.ainvoke("password"))) <= GLOBEX_IDS
+    found = set(ids(await bound.ainvoke("password")))
+    assert found and found <= GLOBEX_IDS
 
 
 def test_an_ensemble_with_an_unguarded_child_is_fenced_by_the_compressor(tenants):
@@ -222,8 +223,8 @@ def test_an_ensemble_with_an_unguarded_child_is_fenced_by_the_compressor(tenants
         base_compressor=GuardedDocumentCompressor(index=acme.index, namespace=ACME_NS),
         base_retriever=ensemble,
     )
-    for query in QUERIES:
-        assert set(ids(guarded.invoke(query))) <= ACME_IDS | UNGUARDED_ACME
+    results = [set(ids(guarded.invoke(query))) for query in QUERIES]
+    assert any(results) and all(found <= ACME_IDS | UNGUARDED_ACME for found in results)
 
 
 # -- the contract runnable -------------------------------------------------------------------------
