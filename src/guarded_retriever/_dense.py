@@ -34,6 +34,7 @@ IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 faiss.omp_set_num_threads(1)
 
 _BRUTE_FORCE_MAX = 512
+_NORM_FLOOR = float(np.sqrt(np.finfo(np.float32).tiny))  # below it, squares underflow
 
 
 def check_vectors(vectors: Any, dim: int | None, n: int) -> np.ndarray:
@@ -43,7 +44,11 @@ def check_vectors(vectors: Any, dim: int | None, n: int) -> np.ndarray:
         EmbeddingError: wrong shape or dimension, NaN/inf, or an all-zero row.
     """
     try:
-        arr = np.asarray(vectors, dtype=np.float32)
+        raw = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
+        if np.iscomplexobj(raw):  # a cast would silently drop the imaginary part
+            raise TypeError("complex values")
+        with np.errstate(over="ignore", invalid="ignore"):  # out of float32 range: inf, refused below
+            arr = np.asarray(raw, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise EmbeddingError(f"embeddings are not numeric arrays: {exc}") from None
     if arr.ndim != 2 or arr.shape[0] != n:
@@ -51,10 +56,20 @@ def check_vectors(vectors: Any, dim: int | None, n: int) -> np.ndarray:
     if dim is not None and arr.shape[1] != dim:
         raise EmbeddingError(f"expected {dim}-dimensional embeddings, got {arr.shape[1]}")
     if not np.isfinite(arr).all():
-        raise EmbeddingError("embeddings contain NaN or infinite values")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise EmbeddingError("an embedding is all zeros and cannot be normalised")
+        raise EmbeddingError("embeddings contain NaN or infinite values (or values beyond float32)")
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    extreme = ~np.isfinite(norms[:, 0]) | (norms[:, 0] < _NORM_FLOOR)
+    if extreme.any():
+        # A finite row whose squares overflow (or underflow) float32: scale it by its largest
+        # component first, or it would come out as zeros (or be refused as all zeros).
+        peak = np.abs(arr[extreme]).max(axis=1, keepdims=True)
+        if (peak == 0).any():
+            raise EmbeddingError("an embedding is all zeros and cannot be normalised")
+        arr = arr.copy()
+        with np.errstate(under="ignore"):
+            arr[extreme] = arr[extreme] / peak
+            norms[extreme] = np.linalg.norm(arr[extreme], axis=1, keepdims=True)
     return np.ascontiguousarray(arr / norms, dtype=np.float32)
 
 

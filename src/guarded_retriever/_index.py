@@ -38,7 +38,7 @@ from ._config import GuardConfig
 from ._contract import delta_s, lambda_state, next_fix, validate_contract
 from ._dense import check_vectors
 from ._embed import Embedder, as_embedder
-from ._exceptions import ConfigError, DocumentError, NamespaceFrozenError, NamespaceViolation
+from ._exceptions import ConfigError, DocumentError, EmbeddingError, NamespaceFrozenError, NamespaceViolation
 from ._fingerprint import content_hash
 from ._fusion import linear_fusion_arrays, weighted_rrf
 from ._incident import RevocationReport, VerifyReport
@@ -175,6 +175,15 @@ def _reading(method: Callable[..., R]) -> Callable[..., R]:
     return locked
 
 
+def _check_query(query: Any) -> None:
+    if not isinstance(query, str):
+        raise ConfigError(f"query must be str, got {type(query).__name__}")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:  # it could not be logged, embedded or put into the contract JSON
+        raise ConfigError("query contains a lone surrogate") from None
+
+
 class GuardedIndex:
     """A guarded hybrid (BM25 + FAISS) index with per-namespace shards and a quarantine.
 
@@ -270,9 +279,14 @@ class GuardedIndex:
                 raise ConfigError("no embedder configured: pass vectors= with every batch")
             vectors = self.embedder.embed_documents(texts)
         vecs = check_vectors(vectors, self.dim, len(texts))
+        key = batch.namespace.key
         with self._write_lock:
-            if self.dim is None:
+            fresh_dim = self.dim is None
+            if fresh_dim:
                 self.dim = vecs.shape[1]
+            elif vecs.shape[1] != self.dim:  # a concurrent first batch fixed another dimension
+                raise EmbeddingError(f"expected {self.dim}-dimensional embeddings, got {vecs.shape[1]}")
+            new_in = [p for p in (self.main, self.quarantine) if key not in p.shards]
             report = IngestReport(
                 batch_id=batch.batch_id,
                 namespace=batch.namespace.key,
@@ -291,6 +305,10 @@ class GuardedIndex:
                 # take the batch out of the shards again, old versions of re-ingested ids back in.
                 if undo is not None:
                     undo()
+                for partition in new_in:  # no empty shard of a namespace that never got a batch
+                    partition.shards.pop(key, None)
+                if fresh_dim:
+                    self.dim = None
                 raise
             self.pipeline.after_commit(batch)
         self._observe_batch(batch)
@@ -383,13 +401,16 @@ class GuardedIndex:
             if self.embedder is None:
                 raise ConfigError("no embedder configured: pass query_vector=")
             query_vector = self.embedder.embed_query(query)
-        row: np.ndarray = check_vectors(np.asarray(query_vector, dtype=np.float32).reshape(1, -1), self.dim, 1)[0]
+        try:  # check_vectors casts (and refuses complex, non-numeric and non-finite values)
+            as_row = np.asarray(query_vector).reshape(1, -1)
+        except (TypeError, ValueError) as exc:
+            raise EmbeddingError(f"the query embedding is not a numeric array: {exc}") from None
+        row: np.ndarray = check_vectors(as_row, self.dim, 1)[0]
         return row
 
     def _check_request(self, query: Any, namespace: Any, k: Any) -> Namespace:
         ns = self.pipeline.schema.parse(namespace)
-        if not isinstance(query, str):
-            raise ConfigError(f"query must be str, got {type(query).__name__}")
+        _check_query(query)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise ConfigError(f"k must be an int in [1, {MAX_K}], got {k!r}")
         return ns
@@ -660,8 +681,7 @@ class GuardedIndex:
             scores: the upstream retriever's scores, reported as each hit's ``fused`` score.
         """
         ns = self.pipeline.schema.parse(namespace)
-        if not isinstance(query, str):
-            raise ConfigError(f"query must be str, got {type(query).__name__}")
+        _check_query(query)
         key = ns.key
         expected = ns.as_dict()
         docs = [GuardDocument.coerce(d) for d in documents]

@@ -8,6 +8,7 @@ the ledger in one transaction. The retrieval core slots its own index updates be
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,15 +149,23 @@ class IngestPipeline:
         # Per namespace, loaded from the ledger the first time a batch needs it: opening a large
         # saved index stays fast, and a namespace nobody writes to never pays for it.
         self._simhashes: dict[str, SimhashIndex] = {}
+        # prepare() runs outside the index's write lock, concurrently with other batches' commits:
+        # look-ups and updates of the near-duplicate indexes hold this lock. It is never held while
+        # the ledger is read (a delete holds the ledger while it calls forget()).
+        self._simhash_lock = threading.Lock()
 
     def _simhash_index(self, namespace: str) -> SimhashIndex:
-        index = self._simhashes.get(namespace)
-        if index is None:
-            index = SimhashIndex(self.config.near_duplicate_distance)
-            for doc_id, simhash in self.ledger.simhashes(namespace):
-                index.add(doc_id, simhash)
-            self._simhashes[namespace] = index
-        return index
+        with self._simhash_lock:
+            index = self._simhashes.get(namespace)
+        if index is not None:
+            return index
+        fresh = SimhashIndex(self.config.near_duplicate_distance)
+        for doc_id, simhash in self.ledger.simhashes(namespace):
+            fresh.add(doc_id, simhash)
+        with self._simhash_lock:
+            # A batch committed meanwhile either finds this index and adds itself to it, or loaded
+            # (and stored) its own, newer one first: keep whichever is in place.
+            return self._simhashes.setdefault(namespace, fresh)
 
     # -- prepare: all checks, no writes ---------------------------------------------------------
 
@@ -279,6 +288,10 @@ class IngestPipeline:
     def _burst(self, namespace: str, ids: Sequence[str], simhashes: np.ndarray) -> np.ndarray:
         """``near_duplicate_burst``: one near-duplicate is normal (mirrors, reposts); five are a burst."""
         existing = self._simhash_index(namespace)
+        with self._simhash_lock:
+            return self._burst_locked(existing, ids, simhashes)
+
+    def _burst_locked(self, existing: SimhashIndex, ids: Sequence[str], simhashes: np.ndarray) -> np.ndarray:
         batch = SimhashIndex(self.config.near_duplicate_distance)
         out = np.zeros(len(ids))
         values = [int(s) for s in simhashes]
@@ -304,15 +317,17 @@ class IngestPipeline:
 
     def forget(self, namespace: str, doc_id: str) -> None:
         """Drop a deleted or revoked document from the near-duplicate index."""
-        index = self._simhashes.get(namespace)
-        if index is not None:
-            index.discard(doc_id)
+        with self._simhash_lock:
+            index = self._simhashes.get(namespace)
+            if index is not None:
+                index.discard(doc_id)
 
     def after_commit(self, batch: PreparedBatch) -> None:
         """Update in-memory state once the batch is durable."""
         index = self._simhash_index(batch.namespace.key)
-        for d in batch.documents:
-            index.add(d.doc.id, d.simhash)
+        with self._simhash_lock:
+            for d in batch.documents:
+                index.add(d.doc.id, d.simhash)
 
     def ingest(
         self,

@@ -346,11 +346,15 @@ class GuardedRetriever(BaseRetriever):
         # is not mutated (a shared bundle would leak this model's vector to sibling retrievers).
         if bundle.embedding is not None:
             return bundle.embedding
+        if not bundle.embedding_strs:  # an empty query: LlamaIndex would have nothing to average
+            return self.embed_model.get_query_embedding(bundle.query_str)
         return self.embed_model.get_agg_embedding_from_queries(bundle.embedding_strs)
 
     async def _aquery_vector(self, bundle: QueryBundle) -> Embedding:
         if bundle.embedding is not None:
             return bundle.embedding
+        if not bundle.embedding_strs:
+            return await self.embed_model.aget_query_embedding(bundle.query_str)
         return await self.embed_model.aget_agg_embedding_from_queries(bundle.embedding_strs)
 
     def _nodes(self, result: SearchResult) -> list[NodeWithScore]:
