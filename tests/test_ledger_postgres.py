@@ -436,3 +436,17 @@ def test_an_unreachable_server_is_a_ledger_error_without_the_password() -> None:
     with pytest.raises(gr.LedgerError, match="cannot open ledger") as info:
         gr.Ledger("postgresql://guard:s3cret@127.0.0.1:1/guard?connect_timeout=2")
     assert "s3cret" not in str(info.value) and "***" in str(info.value)
+
+
+def test_a_text_another_process_revoked_never_leaves_this_process_s_search(pg_url: str) -> None:
+    # Two indexes on one ledger, as two processes would be: each holds its own copy of the text.
+    text = "Invoices are issued on the first business day of each month."
+    ours, theirs = (gr.GuardedIndex(HashingEmbedder(), policy=OPEN, ledger=gr.Ledger(pg_url)) for _ in range(2))
+    ours.add([("invoice", text), ("reset", "Reset your password from Settings > Security.")], namespace=NS_A)
+    theirs.add([("invoice-copy", text)], namespace=NS_A)
+    assert ours.search("when are invoices issued", namespace=NS_A, k=2).kept[0].id == "invoice"
+
+    theirs.revoke(content_hash=gr.content_hash(gr.canonicalize(text)), reason="poison")
+    kept = [h.id for h in ours.search("when are invoices issued", namespace=NS_A, k=2).kept]
+    assert "invoice" not in kept and kept  # withheld here too, and the rest still served
+    assert [r.id for r in ours.get(["invoice", "reset"], namespace=NS_A)] == ["reset"]

@@ -475,6 +475,7 @@ class GuardedIndex:
             tau = cfg.tau
             fused_at = fused.tolist()
             rows = shard.rows
+            revoked = self._revoked_elsewhere()
             # Query-time evidence quarantines, it does not re-rank: below τ, echo and clustering
             # mostly measure topicality (the relevant passages of a query resemble each other),
             # and penalising that would cost clean ranking quality for no protection. So the
@@ -486,6 +487,8 @@ class GuardedIndex:
                     self.stats["quarantined_at_query"] += 1
                     quarantined.append(self._hit(row, cands, i, fused_at[i], p, reasons[r], "query", feats[r]))
                 elif len(kept) < k:
+                    if revoked and row.content_hash in revoked:
+                        continue
                     if row.namespace != key:  # defence in depth: shards are per namespace already
                         violations += 1
                         dropped.append(row.id)
@@ -808,10 +811,20 @@ class GuardedIndex:
         return result
 
     @_reading
+    def _revoked_elsewhere(self) -> frozenset[str]:
+        """Hashes revoked by other processes that may still sit in this process's shards.
+
+        A ledger other processes write to (PostgreSQL) can hold revocations this process never
+        applied to its own shards; their texts must not leave through it. The cached set costs
+        one version check per call. A SQLite ledger has one writer, whose revoke purges the shards.
+        """
+        return self.ledger.revoked_hashes() if self.ledger.backend != "sqlite" else frozenset()
+
     def get(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str,
             include_quarantined: bool = False) -> list[Row]:
         """The stored documents of ``namespace`` with these ids, in the order asked (missing ones skipped)."""
         key = self.pipeline.schema.parse(namespace).key
+        revoked = self._revoked_elsewhere()
         shards = [self.main.shards.get(key)]
         if include_quarantined:
             shards.append(self.quarantine.shards.get(key))
@@ -820,7 +833,8 @@ class GuardedIndex:
             for shard in shards:
                 pos = shard.positions.get(doc_id) if shard is not None else None
                 if pos is not None and shard is not None:
-                    out.append(shard.rows[pos])
+                    if shard.rows[pos].content_hash not in revoked:
+                        out.append(shard.rows[pos])
                     break
         return out
 
