@@ -12,10 +12,12 @@ A query term repeated in the query counts once per occurrence, as in rank_bm25.
 Each namespace has its own statistics (N, avgdl, df). That is part of the fence: with a shared
 index, one tenant's idf would reveal which terms another tenant's documents contain.
 
-Query cost is proportional to the postings of the query terms, never to N: the weights
-``idf · tf-norm`` are precomputed into a term-major CSR (rebuilt once after a write, lazily), the
-query's postings are concatenated, summed per document over the candidates only, and the top-k is
-an ``argpartition`` over those candidates.
+Query cost is proportional to the postings of the query terms: the weights ``idf · tf-norm`` are
+precomputed into a term-major CSR (rebuilt once after a write, lazily) and the query's postings are
+summed per document into a float32 accumulator. Short postings are tracked row by row; once they
+reach an eighth of the shard, one pass over the whole accumulator is cheaper, and that is what a
+query with frequent terms in a large shard gets. The top-k is an ``argpartition`` over the matched
+rows only.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import numpy as np
 __all__ = ["BM25Shard", "top_k"]
 
 _EPSILON = 0.25
+# Above one posting per ``_DENSE_SHARE`` rows, a query is scored over the whole accumulator.
+_DENSE_SHARE = 8
 
 
 class BM25Shard:
@@ -153,7 +157,7 @@ class BM25Shard:
         acc = getattr(local, "acc", None)
         n = len(self._doc_terms)
         if acc is None or len(acc) < n:
-            local.acc = acc = np.zeros(max(n, 1024) * 2, dtype=np.float64)
+            local.acc = acc = np.zeros(max(n, 1024) * 2, dtype=np.float32)
             local.seen = np.zeros(len(acc), dtype=bool)
         return acc, local.seen
 
@@ -163,7 +167,8 @@ class BM25Shard:
         """``(rows, scores)`` of every live document matching at least one query term.
 
         Term at a time into a per-thread accumulator: the work is proportional to the postings
-        of the query's terms, never to the number of documents, and nothing is sorted.
+        of the query's terms (plus one pass over the accumulator when those exceed an eighth of
+        the shard), and nothing is sorted.
 
         With ``also``, the exact scores of those rows (0 where nothing matches) are appended to
         the result, rows first: the retrieval core reads its dense candidates' BM25 scores this
@@ -179,6 +184,22 @@ class BM25Shard:
             s, e = spans[0]
             return postings[s:e], weights[s:e]
         acc, seen = self._scratch()
+        n = len(self._doc_terms)
+        if sum(e - s for s, e in spans) * _DENSE_SHARE >= n:
+            # Long postings (frequent terms, a large shard): touching every row once is cheaper
+            # than tracking which rows were touched. ``np.add.at`` on same-dtype float32 is
+            # numpy's fast unbuffered path; the matched rows come back in row order.
+            try:
+                for s, e in spans:
+                    rows = postings[s:e]
+                    np.add.at(acc, rows, weights[s:e])
+                    seen[rows] = True
+                matched = np.flatnonzero(seen[:n]).astype(np.int32)
+                rows = np.concatenate([matched, extra]) if len(extra) else matched
+                return rows, acc[rows]
+            finally:
+                acc[:n] = 0.0
+                seen[:n] = False
         parts: list[np.ndarray] = []
         try:
             for s, e in spans:
@@ -188,7 +209,7 @@ class BM25Shard:
                 parts.append(fresh)
                 acc[rows] += weights[s:e]
             rows = np.concatenate([*parts, extra])
-            return rows, acc[rows].astype(np.float32)
+            return rows, acc[rows]
         finally:  # the accumulators are all zero again, whatever happened
             touched = np.concatenate(parts) if parts else extra
             acc[touched] = 0.0
@@ -204,11 +225,13 @@ def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.
 
     ``argpartition`` runs over the candidates only, never over all N documents.
     """
+    if len(rows) > k:
+        # The k largest first, positive or not: if one of them is not positive, every positive
+        # score is among them already. Cheaper than filtering all candidates when most match.
+        part = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
+        rows, scores = rows[part], scores[part]
     positive = scores > 0
     if not positive.all():
         rows, scores = rows[positive], scores[positive]
-    if len(rows) > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        rows, scores = rows[part], scores[part]
     order = np.lexsort((rows, -scores))  # ties broken by row, so results are deterministic
     return rows[order], scores[order]
