@@ -493,6 +493,8 @@ class Ledger:
     def revoked_hashes(self) -> frozenset[str]:
         """Every content hash that must stay out: revoked ones, and those listed by revoked manifests."""
         with self._lock:
+            if not self._in_transaction:  # a search-only process must recover from a dropped session
+                self._d.reconnect()
             version = self._d.version()  # read first: a revocation after it makes the next call reload
             if self._revoked_hashes is not None and version == self._revoked_version:
                 return self._revoked_hashes

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._exceptions import LedgerError, MissingExtraError
 from ._ledger import _DOC_COLUMNS, _SCHEMA, COPIED_TABLES
@@ -82,13 +82,19 @@ def _sql(query: str) -> str:
     return query.replace("?", "%s")
 
 
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
 def redact(url: str) -> str:
-    """``url`` without its password, for messages and ``Ledger.path``."""
+    """``url`` without its passwords (in the netloc or libpq's query parameters), for messages."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k in _SECRET_PARAMS for k, _ in query):
+        parts = parts._replace(query=urlencode([(k, "***" if k in _SECRET_PARAMS else v) for k, v in query], safe="*"))
+    return urlunsplit(parts)
 
 
 def _psycopg() -> Any:

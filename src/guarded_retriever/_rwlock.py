@@ -7,11 +7,13 @@ because a write may call another (``revoke`` inside a CLI command that also save
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["RWLock"]
+__all__ = ["RWLock", "lock_for"]
 
 
 class RWLock:
@@ -68,3 +70,28 @@ class RWLock:
                 if not self._writer_depth:
                     self._owner = None
                     self._cond.notify_all()
+
+
+_BY_OBJECT: dict[int, RWLock] = {}
+_BY_OBJECT_GUARD = threading.Lock()
+
+
+def lock_for(obj: object) -> RWLock:
+    """The one process-wide :class:`RWLock` of ``obj``, for as long as ``obj`` lives.
+
+    The adapters take it around every sync call into a base vector store: stores that live in
+    this process (LangChain's ``InMemoryVectorStore``, LlamaIndex's ``SimpleVectorStore``) are
+    plain dicts, and a query that iterates one while another thread adds to it fails ("dictionary
+    changed size during iteration"). Keyed by the store, not by the wrapper, because several
+    wrappers (namespace views, two retrievers) can share one store.
+    """
+    key = id(obj)
+    with _BY_OBJECT_GUARD:
+        lock = _BY_OBJECT.get(key)
+        if lock is None:
+            lock = _BY_OBJECT[key] = RWLock()
+            # The finalizer runs before ``id(obj)`` can be reused by another object; an object
+            # that is not weak-referenceable keeps its lock for the life of the process.
+            with contextlib.suppress(TypeError):
+                weakref.finalize(obj, _BY_OBJECT.pop, key, None)
+        return lock

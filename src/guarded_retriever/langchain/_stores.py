@@ -37,6 +37,7 @@ from langchain_core.vectorstores import VectorStore
 
 from .._exceptions import ConfigError
 from .._ingest import GuardDocument
+from .._rwlock import lock_for
 
 __all__ = [
     "STORE_TAG",
@@ -304,23 +305,26 @@ class StoreSide:
                 "the guard cannot wrap a store that assigns its own ids"
             )
 
+    # Every call into the store takes the store's lock (see ``lock_for``): queries shared,
+    # writes exclusive, so an in-process store (InMemoryVectorStore: a dict) is never read while
+    # another thread writes it. Async calls therefore run the sync methods in the executor,
+    # as LangChain's own defaults do: a store's native coroutine would either run its dict
+    # work unlocked on the event loop or hold a thread lock across an await.
+
     def write(self, key: str, docs: Sequence[GuardDocument]) -> None:
         if docs:
             documents, ids = self._documents(key, docs)
-            self._check_ids(self.store.add_documents(documents, ids=ids), ids, self.store)
-
-    async def awrite(self, key: str, docs: Sequence[GuardDocument]) -> None:
-        if docs:
-            documents, ids = self._documents(key, docs)
-            self._check_ids(await self.store.aadd_documents(documents, ids=ids), ids, self.store)
+            with lock_for(self.store).write():
+                returned = self.store.add_documents(documents, ids=ids)
+            self._check_ids(returned, ids, self.store)
 
     def remove(self, key: str, ids: Sequence[str]) -> None:
         if ids:
-            self.store.delete([store_id(key, i) for i in ids])
+            with lock_for(self.store).write():
+                self.store.delete([store_id(key, i) for i in ids])
 
     async def aremove(self, key: str, ids: Sequence[str]) -> None:
-        if ids:
-            await self.store.adelete([store_id(key, i) for i in ids])
+        await run_in_executor(None, self.remove, key, ids)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -334,26 +338,13 @@ class StoreSide:
         self, query: str, vector: list[float], fetch: int, kwargs: dict[str, Any]
     ) -> list[tuple[Document, float | None]]:
         store: Any = self.store
-        if self.query_by_vector:
-            return list(store.similarity_search_with_score_by_vector(vector, k=fetch, **kwargs))
-        try:
-            return list(store.similarity_search_with_score(query, k=fetch, **kwargs))
-        except NotImplementedError:
-            return [(d, None) for d in store.similarity_search(query, k=fetch, **kwargs)]
-
-    async def _asearch(
-        self, query: str, vector: list[float], fetch: int, kwargs: dict[str, Any]
-    ) -> list[tuple[Document, float | None]]:
-        store: Any = self.store
-        if self.query_by_vector:
-            native = getattr(store, "asimilarity_search_with_score_by_vector", None)
-            if native is not None:
-                return list(await native(vector, k=fetch, **kwargs))
-            return await run_in_executor(None, self._search, query, vector, fetch, kwargs)
-        try:
-            return list(await store.asimilarity_search_with_score(query, k=fetch, **kwargs))
-        except NotImplementedError:
-            return [(d, None) for d in await store.asimilarity_search(query, k=fetch, **kwargs)]
+        with lock_for(store).read():
+            if self.query_by_vector:
+                return list(store.similarity_search_with_score_by_vector(vector, k=fetch, **kwargs))
+            try:
+                return list(store.similarity_search_with_score(query, k=fetch, **kwargs))
+            except NotImplementedError:
+                return [(d, None) for d in store.similarity_search(query, k=fetch, **kwargs)]
 
     def nominate(self, key: str, query: str, vector: list[float], n: int) -> Nomination:
         """Up to ``n`` ids of namespace ``key`` the store finds nearest, best first."""
@@ -367,12 +358,5 @@ class StoreSide:
             fetch = next_fetch
 
     async def anominate(self, key: str, query: str, vector: list[float], n: int) -> Nomination:
-        """:meth:`nominate` with the store's native async search where it has one."""
-        kwargs, fetch, collector = self._plan(key, n)
-        while True:
-            results = await self._asearch(query, vector, fetch, kwargs)
-            collector.take(results)
-            next_fetch = collector.next_fetch(fetch, len(results), self.max_fetch)
-            if next_fetch is None:
-                return collector.nomination
-            fetch = next_fetch
+        """:meth:`nominate` in the executor (under the store's lock, see ``write``)."""
+        return await run_in_executor(None, self.nominate, key, query, vector, n)

@@ -29,7 +29,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
@@ -46,11 +46,13 @@ from llama_index.core.vector_stores.types import (
 
 from .. import ConfigError, GuardDocument, GuardedIndex, IngestReport, Namespace, SearchResult
 from .._incident import RevocationReport
+from .._rwlock import lock_for
 from ._nodes import guarded_text
 
 __all__ = ["STORE_ID_KEY", "GuardedStores", "Nominated", "store_id"]
 
 logger = logging.getLogger("guarded_retriever.llamaindex")
+R = TypeVar("R")
 
 STORE_ID_KEY = "guarded_retriever_id"
 """Metadata key of a store copy that names the node it copies (store copies have UUID ids)."""
@@ -284,18 +286,32 @@ class GuardedStores:
                         excluded_embed_metadata_keys=[*node.excluded_embed_metadata_keys,
                                                       *(extra or {}), STORE_ID_KEY])
 
+    # Every sync call into a store takes the store's lock (see ``lock_for``): queries shared,
+    # writes exclusive. Native async calls go without it: a store that has them is built for
+    # concurrent use, and a thread lock must never be held across an await.
+
+    @staticmethod
+    def _reading(store: Any, call: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        with lock_for(store).read():
+            return call(*args, **kwargs)
+
+    @staticmethod
+    def _writing(store: Any, call: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        with lock_for(store).write():
+            return call(*args, **kwargs)
+
     def write(self, writes: _StoreWrites) -> None:
         main, quarantine = self.vector_store, self.quarantine_store
         if main is not None:
             if writes.drop_main:
-                main.delete_nodes(node_ids=writes.drop_main)
+                self._writing(main, main.delete_nodes, node_ids=writes.drop_main)
             if writes.main:
-                main.add(writes.main)
+                self._writing(main, main.add, writes.main)
         if quarantine is not None:
             if writes.drop_quarantine:
-                quarantine.delete_nodes(node_ids=writes.drop_quarantine)
+                self._writing(quarantine, quarantine.delete_nodes, node_ids=writes.drop_quarantine)
             if writes.quarantine:
-                quarantine.add(writes.quarantine)
+                self._writing(quarantine, quarantine.add, writes.quarantine)
 
     async def awrite(self, writes: _StoreWrites) -> None:
         plan = ((self.vector_store, writes.drop_main, writes.main),
@@ -307,12 +323,12 @@ class GuardedStores:
                 if self._native(store, "adelete_nodes"):
                     await store.adelete_nodes(node_ids=drop)
                 else:
-                    await asyncio.to_thread(store.delete_nodes, node_ids=drop)
+                    await asyncio.to_thread(self._writing, store, store.delete_nodes, node_ids=drop)
             if add:
                 if self._native(store, "async_add"):
                     await store.async_add(add)
                 else:
-                    await asyncio.to_thread(store.add, add)
+                    await asyncio.to_thread(self._writing, store, store.add, add)
 
     def forget(self, ns: Namespace, node_ids: Sequence[str]) -> tuple[int, _StoreWrites]:
         """Delete from the core and the shelf; returns the count and the store deletions."""
@@ -353,7 +369,7 @@ class GuardedStores:
             return
         for store in (self.vector_store, self.quarantine_store):
             if store is not None:
-                store.delete_nodes(node_ids=sids)
+                self._writing(store, store.delete_nodes, node_ids=sids)
 
     def adopt(self) -> None:
         """Rebuild the store-id tables from the core, for stores already holding its copies.
@@ -410,12 +426,13 @@ class GuardedStores:
 
     def nominate(self, ns: Namespace, query_vector: Embedding, n: int,
                  blocked: list[str]) -> Nominated:
-        assert self.vector_store is not None
+        store = self.vector_store
+        assert store is not None
         fetch: int | None = min(n, self.max_fetch)
         ids: list[str] = []
         while fetch is not None:
             asked = fetch
-            result = self.vector_store.query(self._store_query(ns, query_vector, fetch))
+            result = self._reading(store, store.query, self._store_query(ns, query_vector, fetch))
             ids, returned = self._accept(ns, result, blocked)
             fetch = self._next_fetch(fetch, n, len(ids), returned)
         return Nominated(ids[:n], n, returned < asked)
@@ -431,7 +448,7 @@ class GuardedStores:
             asked = fetch
             query = self._store_query(ns, query_vector, fetch)
             result = (await store.aquery(query) if native
-                      else await asyncio.to_thread(store.query, query))
+                      else await asyncio.to_thread(self._reading, store, store.query, query))
             ids, returned = self._accept(ns, result, blocked)
             fetch = self._next_fetch(fetch, n, len(ids), returned)
         return Nominated(ids[:n], n, returned < asked)
