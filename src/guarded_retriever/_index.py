@@ -475,20 +475,20 @@ class GuardedIndex:
             tau = cfg.tau
             fused_at = fused.tolist()
             rows = shard.rows
-            revoked = self._revoked_elsewhere()
+            revoked = self._withheld_hashes()
             # Query-time evidence quarantines, it does not re-rank: below τ, echo and clustering
             # mostly measure topicality (the relevant passages of a query resemble each other),
             # and penalising that would cost clean ranking quality for no protection. So the
             # survivors keep the pool's order.
             for i, r in zip(pool, pool_rows, strict=True):
                 row = rows[r]
+                if revoked and row.content_hash in revoked:
+                    continue
                 p = final_poison[r]
                 if p >= tau:
                     self.stats["quarantined_at_query"] += 1
                     quarantined.append(self._hit(row, cands, i, fused_at[i], p, reasons[r], "query", feats[r]))
                 elif len(kept) < k:
-                    if revoked and row.content_hash in revoked:
-                        continue
                     if row.namespace != key:  # defence in depth: shards are per namespace already
                         violations += 1
                         dropped.append(row.id)
@@ -589,8 +589,11 @@ class GuardedIndex:
         floor = min((w.alpha * h.bm25 / bmax + w.beta * (h.dense - dmin) / dspan + w.gamma * h.provenance
                      for h in kept), default=-np.inf) if len(kept) >= k else -np.inf
         out = []
+        revoked = self._withheld_hashes()
         for i, r in enumerate(cands.rows.tolist()):
             row = qshard.rows[r]
+            if row.content_hash in revoked:
+                continue
             if row.namespace != key:
                 self._violation(key, row)
                 continue
@@ -641,8 +644,11 @@ class GuardedIndex:
             return []
         fused = self._fuse(qshard, cands)
         hits = []
+        revoked = self._withheld_hashes()
         for i in np.lexsort((cands.rows, -fused))[:k].tolist():
             row = qshard.rows[int(cands.rows[i])]
+            if row.content_hash in revoked:
+                continue
             if row.namespace != ns.key:
                 self._violation(ns.key, row)
                 continue
@@ -810,21 +816,23 @@ class GuardedIndex:
         self._observe_query(result)
         return result
 
-    @_reading
-    def _revoked_elsewhere(self) -> frozenset[str]:
-        """Hashes revoked by other processes that may still sit in this process's shards.
+    def _withheld_hashes(self) -> frozenset[str]:
+        """Content hashes no search path may return, though a shard may still hold them.
 
-        A ledger other processes write to (PostgreSQL) can hold revocations this process never
-        applied to its own shards; their texts must not leave through it. The cached set costs
-        one version check per call. A SQLite ledger has one writer, whose revoke purges the shards.
+        A revoke purges this process's shards, but a ledger other processes write to (PostgreSQL)
+        holds revocations this process never applied, and a revoked manifest's texts can come back
+        under another manifest. The ledger caches the set (one version check on PostgreSQL).
+        Not ``@_reading``: callers already hold the read lock, and taking it twice can deadlock
+        against a waiting writer.
         """
-        return self.ledger.revoked_hashes() if self.ledger.backend != "sqlite" else frozenset()
+        return self.ledger.revoked_hashes()
 
+    @_reading
     def get(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str,
             include_quarantined: bool = False) -> list[Row]:
         """The stored documents of ``namespace`` with these ids, in the order asked (missing ones skipped)."""
         key = self.pipeline.schema.parse(namespace).key
-        revoked = self._revoked_elsewhere()
+        revoked = self._withheld_hashes()
         shards = [self.main.shards.get(key)]
         if include_quarantined:
             shards.append(self.quarantine.shards.get(key))
