@@ -279,6 +279,20 @@ def _default_ledger_file(tmp_path: Path) -> Path:
 # -- PostgreSQL only ----------------------------------------------------------------------------
 
 
+def test_loading_into_a_postgres_ledger_that_holds_rows_is_refused(pg_url: str, tmp_path: Path) -> None:
+    # A shared ledger: replacing it would erase other processes' documents and revocations.
+    saved = gr.GuardedIndex(HashingEmbedder(), policy=OPEN)
+    saved.add([("reset", "Reset your password from Settings > Security.")], namespace=NS_A)
+    path = saved.save(tmp_path / "saved", signer=None)
+    shared = gr.Ledger(pg_url)
+    shared.record_batch([_record("theirs")], manifest=None, batch_id="b1", namespace=OTHER)
+    shared.revoke("content_hash", "h-bad", "poison")
+    before = _snapshot(shared)
+    with pytest.raises(gr.LedgerError, match="already holds rows"):
+        gr.GuardedIndex.load(path, allow_unsigned=True, embedder=HashingEmbedder(), ledger_path=pg_url)
+    assert _snapshot(gr.Ledger(pg_url)) == before and shared.revoked_hashes() == {"h-bad"}
+
+
 def test_a_revocation_by_another_connection_invalidates_the_cache(pg_url: str) -> None:
     mine, theirs = gr.Ledger(pg_url), gr.Ledger(pg_url)
     mine.record_batch([_record("a")], manifest=_manifest("m1", ["h-listed"]), batch_id="b1", namespace=KEY)

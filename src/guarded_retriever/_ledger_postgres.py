@@ -69,11 +69,14 @@ _PG_SCHEMA = _translate(_SCHEMA)
 _LOCK_CLASS = 0x4752  # "GR": the advisory lock's first key; the second is the schema's crc32
 
 
+def _insert(table: str, columns: str) -> str:
+    return f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(columns.split(',')))})"
+
+
 def _upsert(table: str, columns: str, keys: str, update: Sequence[str]) -> str:
     """SQLite's ``INSERT OR REPLACE``: the new row wins (``rowid`` takes the new row's value too)."""
-    marks = ", ".join("?" * len(columns.split(",")))
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in update)
-    return f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT ({keys}) DO UPDATE SET {sets}"
+    return f"{_insert(table, columns)} ON CONFLICT ({keys}) DO UPDATE SET {sets}"
 
 
 @lru_cache(maxsize=256)
@@ -126,14 +129,19 @@ class PostgresDialect:
 
     def _open(self) -> None:
         self._conn: psycopg.Connection[tuple[Any, ...]] = self._pg.connect(self._url, autocommit=True)
-        schema = self._conn.execute("SELECT current_schema()").fetchone()
-        if schema is None or schema[0] is None:
+        try:
+            schema = self._conn.execute("SELECT current_schema()").fetchone()
+            if schema is None or schema[0] is None:
+                raise LedgerError(f"cannot open ledger at {redact(self._url)!r}: no schema on the search_path exists")
+            self._key = (_LOCK_CLASS, zlib.crc32(str(schema[0]).encode()) - (1 << 31))
+            self._begin()  # concurrent first opens must not race on CREATE TABLE IF NOT EXISTS
+            self._conn.execute(_PG_SCHEMA)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            # A half-open session (say, no CREATE privilege) sits in an aborted transaction that
+            # reconnect() would not notice; close it so the next call starts clean.
             self._conn.close()
-            raise LedgerError(f"cannot open ledger at {redact(self._url)!r}: no schema on the search_path exists")
-        self._key = (_LOCK_CLASS, zlib.crc32(str(schema[0]).encode()) - (1 << 31))
-        self._begin()  # concurrent first opens must not race on CREATE TABLE IF NOT EXISTS
-        self._conn.execute(_PG_SCHEMA)
-        self._conn.execute("COMMIT")
+            raise
 
     def reconnect(self) -> None:
         """After the server dropped the session (a restart, a failover), the next call opens a new one."""
@@ -187,7 +195,7 @@ class PostgresDialect:
             self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 for table, columns, order in COPIED_TABLES:
-                    insert = f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(columns.split(',')))})"
+                    insert = _insert(table, columns)
                     with self._conn.cursor(name=f"gr_backup_{table}") as cur:
                         cur.execute(f"SELECT {columns} FROM {table} ORDER BY {order}")
                         while rows := cur.fetchmany(5000):
@@ -200,17 +208,25 @@ class PostgresDialect:
         target.commit()
 
     def restore_from(self, source: sqlite3.Connection) -> None:
-        """Replace every row with ``source``'s (an SQLite ledger), in one transaction."""
+        """Fill an empty ledger with ``source``'s rows (an SQLite ledger), in one transaction.
+
+        Raises:
+            LedgerError: the ledger already holds rows. A PostgreSQL ledger is shared: replacing
+                it would erase other processes' documents, revocations and audit trail, and lost
+                revocations fail open. Load into a fresh schema instead.
+        """
         try:
             self.reconnect()
             self.begin()
             try:
-                for table, _, _ in reversed(COPIED_TABLES):
-                    self._conn.execute(f"DELETE FROM {table}")
+                held = [t for t, _, _ in COPIED_TABLES
+                        if self._conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone() == (True,)]
+                if held:
+                    raise LedgerError(f"cannot load into {redact(self._url)!r}: it already holds rows "
+                                      f"({', '.join(held)}); load into an empty schema")
                 for table, columns, order in COPIED_TABLES:
                     rows = source.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()
-                    self.executemany(f"INSERT INTO {table} ({columns}) VALUES"
-                                     f" ({', '.join('?' * len(columns.split(',')))})", rows)
+                    self.executemany(_insert(table, columns), rows)
                 self._conn.execute("SELECT setval(pg_get_serial_sequence('audit_events', 'seq'),"
                                    " COALESCE(MAX(seq), 0) + 1, false) FROM audit_events")
                 self.changed()
