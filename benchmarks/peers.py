@@ -23,9 +23,10 @@ Embedding: one dict look-up embedder returns the precomputed vectors (``list[flo
 interfaces do) for documents and queries, in every stack; no model runs. Ours ingests signed
 batches of 1,000 (signed before the clock: signing is the crawler's job) through the full guard.
 
-Latency: every query runs through every stack, the order rotating per query, so machine noise hits
-all alike; ratios are of medians from this one run. Build time is construction plus the first
-query (lazy index builds included). Peak RSS cannot be told apart inside one process, so each stack
+Latency: every query runs through every stack, in a seeded random order drawn afresh per query (so
+no stack always follows the same neighbour), so machine noise hits all alike; ratios are of
+medians from this one run. Build time is construction plus the first query (lazy index builds
+included). Peak RSS cannot be told apart inside one process, so each stack
 is built and queried again in its own child process (``--rss-only STACK``), which loads the same
 cached data the same way and reports ``ru_maxrss``.
 
@@ -444,8 +445,9 @@ def guard_breakdown(core: Any, queries: list[str], rounds: int) -> dict[str, flo
     patch(ix.GuardedIndex, "_query_vector", "query vector (embedder look-up + check)")
     patch(ix, "_candidates", "candidate union (both lists, exact scores)")
     patch(_store.Shard, "refresh", "shard refresh check")
-    patch(_bm25.BM25Shard, "scores", "BM25 scores (+ dense candidates' BM25)")
-    patch(ix, "top_k", "BM25 top-k")
+    patch(_bm25.BM25Shard, "top_with", "BM25 scores + top-k (+ dense candidates' BM25)")
+    patch(_bm25.BM25Shard, "scores", "BM25 scores + top-k (+ dense candidates' BM25)")
+    patch(_bm25, "top_k", "BM25 scores + top-k (+ dense candidates' BM25)")
     patch(_dense.DenseShard, "search", "dense FAISS search")
     patch(_dense.DenseShard, "similarity", "cross-scores (exact cosines)")
     patch(ix.GuardedIndex, "_fuse", "fusion (linear, priors)")
@@ -515,16 +517,17 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     gc.freeze()  # the peers' 100k-object docstores would otherwise be rescanned during timings
     times: dict[str, list[float]] = {n: [] for n in names}
     clock = time.perf_counter
-    i = 0
+    # A fresh seeded random order per query: a cyclic rotation would always run each stack right
+    # after the same neighbour, whose cache and allocator footprint then biases it (up to ~0.4 ms).
+    order_rng = np.random.default_rng(20261201)
     for _ in range(rounds):
         for q in data.queries:
-            shift = i % len(names)
-            for name in names[shift:] + names[:shift]:
+            for j in order_rng.permutation(len(names)).tolist():
+                name = names[j]
                 fn = fns[name]
                 t0 = clock()
                 fn(q)
                 times[name].append((clock() - t0) * 1e3)
-            i += 1
     gc.unfreeze()
     face_overhead = {
         face: statistics.median(a - b for a, b in zip(times[face], times["ours/core"], strict=True))

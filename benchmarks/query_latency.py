@@ -74,7 +74,8 @@ class _Replay:
         outer = self
 
         class BM25:
-            def scores(self, tokens: list[str], also: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            def top_with(self, tokens: list[str], k: int, also: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 return outer._bm25[tuple(tokens)]
 
         class Dense:
@@ -92,7 +93,7 @@ class _Replay:
     def record(self, tokens: tuple[str, ...], v: np.ndarray) -> None:
         qv = np.asarray(v, dtype=np.float32) / np.linalg.norm(v)
         self._dense[tokens] = self._real_dense.search(qv, 50)
-        self._bm25[tokens] = self._real_bm25.scores(list(tokens), also=self._dense[tokens][0].astype(np.int32))
+        self._bm25[tokens] = self._real_bm25.top_with(list(tokens), 50, self._dense[tokens][0].astype(np.int32))
 
 
 def main() -> None:

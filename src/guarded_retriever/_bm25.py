@@ -45,6 +45,7 @@ class BM25Shard:
         "_doc_terms",
         "_indptr",
         "_local",
+        "_positive",
         "_postings",
         "_vocab",
         "_weights",
@@ -62,6 +63,7 @@ class BM25Shard:
         self._indptr = np.zeros(1, dtype=np.int64)
         self._postings = np.zeros(0, dtype=np.int32)
         self._weights = np.zeros(0, dtype=np.float32)
+        self._positive = True  # every posting weight > 0: a row matched iff its accumulator is > 0
         self._local = threading.local()
 
     def __len__(self) -> int:
@@ -90,6 +92,7 @@ class BM25Shard:
         shard._alive = [True] * len(shard._doc_terms)
         if csr is not None and len(csr[0]) == len(vocabulary) + 1:
             shard._indptr, shard._postings, shard._weights = csr
+            shard._positive = bool((shard._weights > 0).all())
             shard._dirty = False
         return shard
 
@@ -119,6 +122,7 @@ class BM25Shard:
             self._indptr = np.zeros(n_terms + 1, dtype=np.int64)
             self._postings = np.zeros(0, dtype=np.int32)
             self._weights = np.zeros(0, dtype=np.float32)
+            self._positive = True
             self._dirty = False
             return
         term_ids = np.concatenate([self._doc_terms[r][0] for r in rows])
@@ -140,6 +144,9 @@ class BM25Shard:
         order = np.argsort(term_ids, kind="stable")
         self._postings = doc_rows[order]
         self._weights = weights[order].astype(np.float32)
+        # float32 sums of positive weights stay positive, so then the accumulator itself tells
+        # which rows matched (a zero or negative idf, possible in tiny shards, needs the bitmap).
+        self._positive = bool((self._weights > 0).all())
         self._indptr = np.zeros(n_terms + 1, dtype=np.int64)
         self._indptr[1:] = np.cumsum(df.astype(np.int64))
         self._dirty = False
@@ -189,6 +196,18 @@ class BM25Shard:
             # Long postings (frequent terms, a large shard): touching every row once is cheaper
             # than tracking which rows were touched. ``np.add.at`` on same-dtype float32 is
             # numpy's fast unbuffered path; the matched rows come back in row order.
+            if self._positive:  # no ``seen`` bitmap to scatter into: matched iff accumulated > 0
+                try:
+                    for s, e in spans:
+                        np.add.at(acc, postings[s:e], weights[s:e])
+                    live = acc[:n]
+                    mask = live > 0
+                    matched = np.flatnonzero(mask).astype(np.int32)
+                    if not len(extra):
+                        return matched, live[mask]
+                    return np.concatenate([matched, extra]), np.concatenate([live[mask], live[extra]])
+                finally:
+                    acc[:n] = 0.0
             try:
                 for s, e in spans:
                     rows = postings[s:e]
@@ -219,6 +238,41 @@ class BM25Shard:
         """Top-``k`` ``(rows, scores)`` by descending score; only rows with a positive score."""
         return top_k(*self.scores(query_tokens), k)
 
+    def top_with(
+        self, query_tokens: Sequence[str], k: int, also: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``top(query_tokens, k)`` plus the exact scores of the rows ``also`` (0 where nothing
+        matches): what ``scores(query_tokens, also=also)`` followed by :func:`top_k` over the
+        matched rows gives, bit for bit.
+
+        On the whole-accumulator path (long postings, every weight positive) the top-k is taken
+        from the accumulator itself, so the ~N matched rows are never gathered into arrays; a
+        tie at the k-th place falls back to exactly that gather and :func:`top_k`.
+        """
+        spans = self._spans(query_tokens)
+        n = len(self._doc_terms)
+        if not (spans and self._positive and sum(e - s for s, e in spans) * _DENSE_SHARE >= n):
+            rows, scored = self.scores(query_tokens, also=also)
+            n_matched = len(rows) - len(also)
+            return (*top_k(rows[:n_matched], scored[:n_matched], k), scored[n_matched:])
+        postings, weights = self._postings, self._weights
+        acc, _ = self._scratch()
+        try:
+            for s, e in spans:
+                np.add.at(acc, postings[s:e], weights[s:e])
+            live = acc[:n]
+            also_scores = live[also]
+            picked = _sampled_top(live, k)
+            if picked is None:
+                mask = live > 0
+                return (*top_k(np.flatnonzero(mask).astype(np.int32), live[mask], k), also_scores)
+            rows = picked.astype(np.int32)
+            top_scores = live[rows]
+            order = np.lexsort((rows, -top_scores))
+            return rows[order], top_scores[order], also_scores
+        finally:
+            acc[:n] = 0.0
+
 
 def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best positive ``(rows, scores)`` of a candidate set, best first.
@@ -228,10 +282,52 @@ def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.
     if len(rows) > k:
         # The k largest first, positive or not: if one of them is not positive, every positive
         # score is among them already. Cheaper than filtering all candidates when most match.
-        part = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
+        part = _largest(scores, k)
         rows, scores = rows[part], scores[part]
     positive = scores > 0
     if not positive.all():
         rows, scores = rows[positive], scores[positive]
     order = np.lexsort((rows, -scores))  # ties broken by row, so results are deterministic
     return rows[order], scores[order]
+
+
+# Below this many candidates one ``argpartition`` is as cheap as the sampled pre-filter.
+_SAMPLED_MIN = 4096
+_SAMPLE_STRIDE = 16
+
+
+def _sampled_top(scores: np.ndarray, k: int) -> np.ndarray | None:
+    """Positions of the ``k`` largest scores when that set is unique (no tie at the k-th place)
+    and all of them are positive; ``None`` otherwise, or when the input is too small to gain.
+
+    A strided sample's k-th largest score ``L`` is a lower bound of the k-th largest overall, so
+    every top-k score is ``≥ L`` and the selection runs over those few candidates only.
+    """
+    m = len(scores)
+    if m < _SAMPLED_MIN or k * _SAMPLE_STRIDE * 4 > m:
+        return None
+    sample = scores[::_SAMPLE_STRIDE]
+    floor = np.partition(sample, len(sample) - k)[len(sample) - k]
+    if not floor > 0:
+        return None
+    cand = np.flatnonzero(scores >= floor)
+    sub = scores[cand]
+    part = np.argpartition(sub, len(sub) - k)[len(sub) - k :]
+    if int(np.count_nonzero(sub >= sub[part].min())) != k:
+        return None
+    chosen: np.ndarray = cand[part]
+    return chosen
+
+
+def _largest(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest scores: the set ``argpartition(scores, len − k)[len − k:]`` gives.
+
+    When the k-th place is tied, which of the tied rows ``argpartition`` keeps depends on the whole
+    array, so that case (and small inputs) runs the full ``argpartition``, exactly as before.
+    """
+    chosen = _sampled_top(scores, k)
+    if chosen is not None:
+        return chosen
+    m = len(scores)
+    full: np.ndarray = np.argpartition(scores, m - k)[m - k :]
+    return full

@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from ._bm25 import top_k
 from ._canonical import canonicalize, tokenize
 from ._config import GuardConfig
 from ._contract import delta_s, lambda_state, next_fix, validate_contract
@@ -993,14 +992,11 @@ def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int,
         positions = shard.positions
         nominated = [positions[i] for i in dense(qvec, n) if isinstance(i, str) and i in positions]
         d_rows = np.asarray(list(dict.fromkeys(nominated))[:n], dtype=np.int32)
-    # One BM25 pass scores every matching row and, appended, the dense candidates (exactly: a
-    # dense-only candidate either matches no term, 0, or sits below BM25's top-n).
-    scored_rows, scored = shard.bm25.scores(qtokens, also=d_rows)
-    n_matched = len(scored_rows) - len(d_rows)
-    b_rows, b_scores = top_k(scored_rows[:n_matched], scored[:n_matched], n)
-    in_bm25 = set(b_rows.tolist())
-    extra = [i for i, r in enumerate(d_rows.tolist()) if r not in in_bm25]
+    # One BM25 pass gives the top-n and the dense candidates' exact scores (a dense-only
+    # candidate either matches no term, 0, or sits below BM25's top-n).
+    b_rows, b_scores, d_bm25 = shard.bm25.top_with(qtokens, n, d_rows)
+    extra = ~(d_rows[:, None] == b_rows).any(axis=1)  # n × n at most: cheaper than np.isin here
     rows = np.concatenate([b_rows, d_rows[extra]])
-    bm25 = np.maximum(np.concatenate([b_scores, scored[n_matched:][extra]]), 0.0).astype(np.float64)
+    bm25 = np.maximum(np.concatenate([b_scores, d_bm25[extra]]), 0.0).astype(np.float64)
     cosines = shard.dense.similarity(qvec, rows).astype(np.float64)
     return _Candidates(rows, bm25, cosines, b_rows, d_rows)
