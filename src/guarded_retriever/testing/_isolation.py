@@ -1,53 +1,17 @@
-"""Test doubles and test harnesses for users' notebooks and tests: deterministic, offline.
-
-* :class:`HashingEmbedder`, a dependency-free embedder.
-* The tenant-isolation property harness: :func:`make_world` builds a seeded multi-tenant corpus
-  whose texts and ids overlap across tenants on purpose, with adversarial metadata (namespace keys
-  of *other* tenants smuggled into user metadata); :func:`make_queries` draws requests, with valid,
-  unknown and malformed namespaces (missing, ``None``, empty, case variants, homoglyphs, ...) and
-  ``k`` up to far above a tenant's size; :func:`run_isolation` checks every returned hit against the
-  generator's own ground truth (who wrote which id, text and metadata), never against the
-  package's view of it. The searchers (:func:`core_searcher`, :func:`langchain_searcher`,
-  :func:`llamaindex_searcher`) put the core and both adapters behind the same check; the adapters
-  are imported only when their searcher is built.
-
-The harness backs ``tests/test_isolation_property.py`` (CI) and ``benchmarks/isolation_property.py``
-(100k queries); run it against your own configuration the same way.
-"""
+"""The tenant-isolation property harness (see :mod:`guarded_retriever.testing`)."""
 
 from __future__ import annotations
 
-import hashlib
 import random
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._embed import HashingEmbedder
-from ._exceptions import GuardedRetrieverError, NamespaceError
-from ._index import GuardedIndex
-from ._ingest import GuardDocument
-from ._namespace import DEFAULT_NAMESPACE_KEYS, Namespace
-
-__all__ = [
-    "HashingEmbedder",
-    "IsolationQuery",
-    "IsolationReport",
-    "IsolationWorld",
-    "WorldDoc",
-    "core_searcher",
-    "invalid_namespaces",
-    "langchain_searcher",
-    "llamaindex_searcher",
-    "make_queries",
-    "make_world",
-    "namespace_key",
-    "populate",
-    "run_isolation",
-    "state_digest",
-    "unfenced_foreign_rate",
-]
+from .._embed import HashingEmbedder
+from .._exceptions import GuardedRetrieverError, NamespaceError
+from .._index import GuardedIndex
+from .._ingest import GuardDocument
+from .._namespace import DEFAULT_NAMESPACE_KEYS, Namespace
 
 Triple = tuple[str, str, Mapping[str, Any]]
 """``(id, text, metadata)`` of one returned document, as the caller sees it."""
@@ -437,8 +401,8 @@ def langchain_searcher(world: IsolationWorld, *, base_store: bool, dim: int = 64
     from langchain_core.embeddings import Embeddings
     from langchain_core.vectorstores import InMemoryVectorStore
 
-    from ._policy import TrustPolicy
-    from .langchain import GuardedRetriever, GuardedVectorStore
+    from .._policy import TrustPolicy
+    from ..langchain import GuardedRetriever, GuardedVectorStore
 
     class _Hashing(Embeddings):
         def __init__(self) -> None:
@@ -483,8 +447,8 @@ def llamaindex_searcher(world: IsolationWorld, *, base_store: bool, dim: int = 6
     from llama_index.core.schema import MetadataMode, TextNode
     from llama_index.core.vector_stores import SimpleVectorStore
 
-    from ._policy import TrustPolicy
-    from .llamaindex import GuardedRetriever, HashingEmbedding
+    from .._policy import TrustPolicy
+    from ..llamaindex import GuardedRetriever, HashingEmbedding
 
     embed_model = HashingEmbedding(dim=dim)
     index = GuardedIndex(embed_model, policy=TrustPolicy(manifest_required=False))
@@ -506,7 +470,7 @@ def unfenced_foreign_rate(world: IsolationWorld, queries: Iterable[IsolationQuer
     """The fraction of answerable ``queries`` whose top-``k`` would hold another tenant's document
     if every tenant shared one namespace: the sanity check that the queries really reach across
     tenants, so that the fence has something to stop."""
-    from ._policy import TrustPolicy
+    from .._policy import TrustPolicy
 
     pooled = GuardedIndex(HashingEmbedder(dim), policy=TrustPolicy(manifest_required=False))
     one = {"tenant_id": "everyone", "product_id": "kb", "env": "prod"}
@@ -528,45 +492,3 @@ def unfenced_foreign_rate(world: IsolationWorld, queries: Iterable[IsolationQuer
         if any(owner[h.id] != q.expect for h in [*result.kept, *result.quarantined]):
             reached += 1
     return reached / answerable if answerable else 0.0
-
-
-def state_digest(index: GuardedIndex) -> str:
-    """A sha256 over everything a write can change: the ledger's database image, and every shard's
-    rows, position map, tombstones, BM25 term lists and vectors, and the near-duplicate index.
-
-    Equal digests before and after a call mean the call left the ledger and the indexes byte for
-    byte as they were (``assert state_digest(i) == before`` after a rejected batch). Caches that a
-    search rebuilds (postings, FAISS additions) are left out: build them first (search once) if
-    the FAISS index should be covered too.
-    """
-    h = hashlib.sha256()
-
-    def put(*parts: object) -> None:
-        for part in parts:
-            h.update(part if isinstance(part, bytes) else repr(part).encode("utf-8", "backslashreplace"))
-            h.update(b"\x1f")
-
-    image = sqlite3.connect(":memory:")
-    try:
-        index.ledger.backup_to(image)
-        put(image.serialize())
-    finally:
-        image.close()
-    put(index.dim, len(index.main.shards), len(index.quarantine.shards))
-    for partition in (index.main, index.quarantine):
-        for key in sorted(partition.shards):
-            shard = partition.shards[key]
-            put(partition.name, key, list(shard.rows), shard.alive, list(shard.positions.items()),
-                shard._provenance, shard._poison)
-            bm25 = shard.bm25
-            put(list(bm25._vocab.items()), bm25._alive)
-            for terms, counts in bm25._doc_terms:
-                put(terms.tobytes(), counts.tobytes())
-            dense = shard.dense
-            put(len(dense), sorted(dense.dead_rows()), dense.vectors.tobytes(),
-                None if dense._index is None else dense._index.ntotal)
-    simhashes = index.pipeline._simhashes  # a cache loaded from the ledger: an empty one is no state
-    for key in sorted(simhashes):
-        if len(simhashes[key]):
-            put(key, sorted(simhashes[key]._hashes.items()))
-    return h.hexdigest()
