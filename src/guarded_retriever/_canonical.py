@@ -31,23 +31,32 @@ INVISIBLE_CHARS = "\u00ad" + _BIDI + _ZERO_WIDTH
 _CONTROLS = "".join(
     chr(c) for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if not chr(c).isspace()
 )
-_DROP = str.maketrans("", "", INVISIBLE_CHARS + _CONTROLS)
-_ASCII_DROP = str.maketrans("", "", "".join(c for c in _CONTROLS if ord(c) < 0x80))
+# Deleting with a character-class regex, not ``str.translate``: translate looks every character up
+# in a dict (about 25 µs for a 350-character non-ASCII text), the regex scans in C (about 1.5 µs).
+_DROP = re.compile("[" + re.escape(INVISIBLE_CHARS + _CONTROLS) + "]")
+_ASCII_DROP = re.compile("[" + re.escape("".join(c for c in _CONTROLS if ord(c) < 0x80)) + "]")
 
 _TOKEN = re.compile(r"\w+")
+# ASCII word characters as ``\w`` sees them; every other ASCII character separates tokens. For
+# ASCII text, mapping separators to spaces (a byte table) and splitting is the same as ``\w+`` and
+# about twice as fast.
+_ASCII_WORD = frozenset(c for c in map(chr, range(128)) if _TOKEN.fullmatch(c))
+_ASCII_SEPARATORS = bytes(i if chr(i) in _ASCII_WORD else 0x20 for i in range(256))
 
 
 def canonicalize(text: str) -> str:
     """Return the canonical form of ``text``: NFKC, lowercase, invisibles dropped, spaces collapsed."""
     if text.isascii():
         # Fast path: ASCII needs no normalisation and has no invisible characters beyond C0 controls.
-        return " ".join(text.translate(_ASCII_DROP).lower().split())
-    text = unicodedata.normalize("NFKC", text.translate(_DROP))
+        return " ".join(_ASCII_DROP.sub("", text).lower().split())
+    text = unicodedata.normalize("NFKC", _DROP.sub("", text))
     text = unicodedata.normalize("NFKC", text.lower())
     # NFKC never introduces the dropped characters, but a lowercase mapping can; drop them again.
-    return " ".join(text.translate(_DROP).split())
+    return " ".join(_DROP.sub("", text).split())
 
 
 def tokenize(canonical: str) -> list[str]:
     """Split canonical text into word tokens (``\\w+``): the tokens BM25 and simhash share."""
+    if canonical.isascii():
+        return canonical.encode("ascii").translate(_ASCII_SEPARATORS).decode("ascii").split()
     return _TOKEN.findall(canonical)

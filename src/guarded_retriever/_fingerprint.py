@@ -18,13 +18,15 @@
     * a text with 1 or 2 tokens has one shingle (missing tokens hash to 0); no tokens gives 0.
 
     Token hashes are memoised, and all shingle arithmetic and bit counting runs in numpy over a
-    whole batch at once (about 1 µs per shingle in pure Python, a few ns here).
+    whole batch at once (about 1 µs per shingle in pure Python, a few ns here). The per-bit counts
+    are sixteen 1-D sums over 16-bit lanes rather than a 64-column reduction (about 80x faster).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 import xxhash
@@ -69,13 +71,13 @@ class _TokenHashes:
         cache = self._cache
         if len(cache) > self._limit:  # bound memory on endless vocabularies (ids, numbers, URLs)
             cache.clear()
-        out = []
-        for t in tokens:
-            h = cache.get(t)
-            if h is None:
-                h = cache[t] = xxhash.xxh64_intdigest(t.encode("utf-8"))
-            out.append(h)
-        return out
+        try:
+            return list(map(cache.__getitem__, tokens))  # the common case: every token seen before
+        except KeyError:
+            pass
+        for t in set(tokens).difference(cache):
+            cache[t] = xxhash.xxh64_intdigest(t.encode("utf-8"))
+        return list(map(cache.__getitem__, tokens))
 
 
 _TOKEN_HASHES = _TokenHashes()
@@ -93,6 +95,10 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return out
 
 
+_LANES = np.uint64(0x0001_0001_0001_0001)  # bit 0 of each 16-bit lane
+_LANE_MAX = 0xFFFF
+
+
 def simhash64_batch(token_lists: Sequence[Sequence[str]]) -> np.ndarray:
     """Simhash-64 of many token lists at once; returns a ``uint64`` array, one per list."""
     n_docs = len(token_lists)
@@ -102,31 +108,38 @@ def simhash64_batch(token_lists: Sequence[Sequence[str]]) -> np.ndarray:
     # Shingles per document: n-2 for n >= 3 tokens, 1 for 1-2 tokens, 0 for none.
     lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=n_docs)
     counts = np.where(lengths >= 3, lengths - 2, np.minimum(lengths, 1))
-    # Pad every document with two zero hashes so a 3-gram never spans two documents and
-    # short documents get their single shingle with zeros for the missing tokens.
-    flat: list[int] = []
-    lookup = _TOKEN_HASHES.lookup
-    for tokens in token_lists:
-        flat.extend(lookup(tokens))
-        flat.append(0)
-        flat.append(0)
-    h = np.array(flat, dtype=_U64)
-    starts = np.concatenate(([0], np.cumsum(lengths + 2)[:-1]))
-    # Index of the first token of every shingle, document by document.
     total = int(counts.sum())
     if total == 0:
         return out
+    # Every document is padded with two zero hashes so a 3-gram never spans two documents and
+    # short documents get their single shingle with zeros for the missing tokens.
+    flat = list(chain.from_iterable(token_lists))
+    h = np.zeros(len(flat) + 2 * n_docs, dtype=_U64)
+    h[np.arange(len(flat)) + np.repeat(np.arange(0, 2 * n_docs, 2), lengths)] = np.array(
+        _TOKEN_HASHES.lookup(flat), dtype=_U64)
+    starts = np.concatenate(([0], np.cumsum(lengths + 2)[:-1]))
+    # Index of the first token of every shingle, document by document.
     doc_of = np.repeat(np.arange(n_docs), counts)
     offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
     first = starts[doc_of] + offset
     with np.errstate(over="ignore"):
         shingles = _splitmix64(h[first] ^ _rotl(h[first + 1], 21) ^ _rotl(h[first + 2], 42))
-    # Bit j of every shingle hash, little-endian, so the layout is the same on every platform.
-    bits = np.unpackbits(shingles.astype("<u8").view(np.uint8), bitorder="little").reshape(total, 64)
-    bits = bits.astype(np.int32)
+    # Count, per document, how many shingles have bit j set. Sixteen shifts put bits r, r+16,
+    # r+32 and r+48 in the low bit of four 16-bit lanes, so one 1-D sum per shift counts four bits
+    # at once (exact while a document has at most 65,535 shingles; longer ones are recounted).
     has = counts > 0
-    sums = np.add.reduceat(bits, (np.cumsum(counts) - counts)[has], axis=0)
-    majority = (2 * sums > counts[has, None]).astype(np.uint8)
+    first_shingle = (np.cumsum(counts) - counts)[has]
+    lanes = np.empty((16, len(first_shingle)), dtype="<u8")
+    for r in range(16):
+        lanes[r] = np.add.reduceat((shingles >> _U64(r)) & _LANES, first_shingle)
+    # lanes[r, d] as four little-endian 16-bit counts: lane k is bit 16k + r.
+    sums = lanes.view("<u2").reshape(16, -1, 4).transpose(1, 2, 0).reshape(-1, 64).astype(np.int64)
+    n_shingles = counts[has]
+    for d in np.flatnonzero(n_shingles > _LANE_MAX):
+        lo = int(first_shingle[d])
+        block = shingles[lo: lo + int(n_shingles[d])]
+        sums[d] = [int(np.count_nonzero((block >> _U64(j)) & _U64(1))) for j in range(64)]
+    majority = (2 * sums > n_shingles[:, None]).astype(np.uint8)
     packed = np.packbits(majority, axis=1, bitorder="little")
     out[has] = packed.copy().view("<u8").reshape(-1).astype(_U64)
     return out

@@ -15,7 +15,12 @@ Layout of a saved index (a directory)::
                         the BM25 term lists, so loading never re-tokenises
     s<j>/indptr.npy, postings.npy, weights.npy
                         the scored BM25 postings, so loading never re-indexes (when no tombstones)
-    s<j>/faiss.index    the trained IVF / HNSW index (``faiss.write_index``) when there is one
+    s<j>/ivf.index, ivf_ids.npy, ivf_sizes.npy
+                        a trained IVF index (``faiss.write_index``) without its inverted lists,
+                        and each list's row ids: the lists are refilled from vectors.npy, so the
+                        vectors are not stored (read, hashed) twice
+    s<j>/faiss.index    the whole trained HNSW index (``faiss.write_index``), or an IVF one whose
+                        lists do not hold exactly the saved vectors; still read from older saves
     MANIFEST.json       the sha256 of every other file, and the signer's public key
     MANIFEST.sig        ed25519 over a context tag + MANIFEST.json
 
@@ -36,6 +41,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,9 +111,66 @@ def _write_shard(shard: Shard, out: Path) -> int:
         np.save(out / "postings.npy", postings)
         np.save(out / "weights.npy", weights)
         trained = shard.dense.trained_index()
-        if trained is not None:  # a flat index is rebuilt from the vectors faster than it is read
+        # A flat index is rebuilt from the vectors faster than it is read; an IVF one is saved
+        # without its inverted lists when they hold exactly the saved vectors (they always do).
+        if trained is not None and not _write_ivf(trained, shard.dense.vectors[alive], out):
             faiss.write_index(trained, str(out / "faiss.index"))
     return len(rows)
+
+
+def _write_ivf(index: Any, vectors: np.ndarray, out: Path) -> bool:
+    """Save an ``IndexIVFFlat`` as its trained, empty shell (``ivf.index``) plus each inverted
+    list's row ids (``ivf_ids.npy``, list by list, in list order; ``ivf_sizes.npy``).
+
+    The lists' codes are the rows' float32 vectors, which ``vectors.npy`` holds already: storing
+    them again doubled the file that is read and hashed at load (150 MB at 100k × 384). Returns
+    ``False`` (and writes nothing) when the index is not of that kind or a code differs from its
+    row's vector, so the caller writes the whole index instead.
+    """
+    if not isinstance(index, faiss.IndexIVFFlat) or index.ntotal != len(vectors):
+        return False
+    invlists = index.invlists
+    dim = vectors.shape[1]
+    sizes = np.array([invlists.list_size(j) for j in range(index.nlist)], dtype=np.int64)
+    ids: list[np.ndarray] = []
+    for j in np.flatnonzero(sizes).tolist():
+        n = int(sizes[j])
+        list_ids = faiss.rev_swig_ptr(invlists.get_ids(j), n).copy()
+        codes = faiss.rev_swig_ptr(invlists.get_codes(j), n * invlists.code_size).view(np.float32)
+        if invlists.code_size != 4 * dim or list_ids.min() < 0 or list_ids.max() >= len(vectors) \
+                or not np.array_equal(codes.reshape(n, dim), vectors[list_ids]):
+            return False
+        ids.append(list_ids)
+    shell = faiss.clone_index(index)
+    shell.reset()
+    faiss.write_index(shell, str(out / "ivf.index"))
+    np.save(out / "ivf_ids.npy", np.concatenate(ids) if ids else np.zeros(0, np.int64))
+    np.save(out / "ivf_sizes.npy", sizes)
+    return True
+
+
+def _fill_ivf(shell: Any, vectors: np.ndarray, ids: np.ndarray, sizes: np.ndarray, d: str) -> Any:
+    """Refill an empty ``IndexIVFFlat`` from the verified vectors: the inverted lists it was saved
+    with, entry for entry, in the same order."""
+    n = len(vectors)
+    if (not isinstance(shell, faiss.IndexIVFFlat) or shell.ntotal != 0 or shell.d != vectors.shape[1]
+            or ids.dtype != np.int64 or ids.ndim != 1 or sizes.ndim != 1 or len(sizes) != shell.nlist
+            or len(ids) != n or (len(sizes) and sizes.min() < 0) or int(sizes.sum()) != n
+            or not np.array_equal(np.sort(ids), np.arange(n))):
+        raise IntegrityError(f"{d}: the IVF lists do not match the vectors")
+    codes = np.ascontiguousarray(vectors[ids], dtype=np.float32).view(np.uint8).reshape(-1)  # list order
+    ids = np.ascontiguousarray(ids)
+    invlists, width = shell.invlists, shell.code_size
+    if width != 4 * shell.d:
+        raise IntegrityError(f"{d}: the IVF index does not store float32 vectors")
+    start = 0
+    for j, size in enumerate(sizes.tolist()):
+        if size:
+            invlists.add_entries(j, size, faiss.swig_ptr(ids[start:start + size]),
+                                 faiss.swig_ptr(codes[start * width:(start + size) * width]))
+            start += size
+    shell.ntotal = n
+    return shell
 
 
 def save_index(index: GuardedIndex, path: str | Path, *, signer: ManifestSigner | None) -> Path:
@@ -161,9 +224,44 @@ def save_index(index: GuardedIndex, path: str | Path, *, signer: ManifestSigner 
     return dest
 
 
-def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: bool
-                    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # read_bytes below reports it
+
+
+def _is_faiss(name: str) -> bool:
+    return name.rsplit("/", 1)[-1] in ("faiss.index", "ivf.index")
+
+
+def _read_and_hash(path: Path, *, faiss_reader: bool = False) -> tuple[Any, str]:
+    """A file's bytes and their sha256. A FAISS index is read straight into the buffer FAISS
+    parses (a ``VectorIOReader``), which saves copying a 150 MB file into a second buffer."""
+    if not faiss_reader:
+        data = path.read_bytes()
+        return data, hashlib.sha256(data).hexdigest()
+    reader = faiss.VectorIOReader()
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        reader.data.resize(size)
+        view: memoryview = (faiss.rev_swig_ptr(reader.data.data(), size) if size else np.zeros(0, np.uint8)).data
+        if f.readinto(view) != size or f.read(1):
+            return reader, ""  # changed while being read: reported as modified
+    return reader, hashlib.sha256(view).hexdigest()
+
+
+def _workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: bool,
+                    pool: ThreadPoolExecutor | None = None, faiss_readers: bool = False
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check the signature, then read every listed file once and check its sha256.
+
+    Every value is the file's ``bytes``; with ``faiss_readers``, a ``faiss.index`` file's is the
+    ``faiss.VectorIOReader`` holding its (verified) bytes instead.
 
     The bytes that were hashed are the bytes that get parsed (no second read that a concurrent
     writer could swap), and a name in the manifest can only point inside ``root``.
@@ -196,13 +294,29 @@ def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: 
     if present != set(files):
         raise IntegrityError(f"{root}: files missing {sorted(set(files) - present)},"
                              f" unlisted {sorted(present - set(files))}")
-    blobs: dict[str, bytes] = {}
-    for name, digest in files.items():
+    paths: dict[str, Path] = {}
+    for name in files:
         path = (root / name).resolve()
         if base not in path.parents:
             raise IntegrityError(f"{root}: manifest entry {name!r} points outside the index")
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != digest:
+        paths[name] = path
+    # Read and hash the files on a few threads (both release the GIL), largest first so the big
+    # vector and FAISS files do not end up on the same thread. Each file is read once, into
+    # memory: what is hashed is what gets parsed.
+    sizes = {name: _size(path) for name, path in paths.items()}
+    order = sorted(files, key=lambda n: -sizes[n])
+
+    def read_one(name: str) -> tuple[Any, str]:
+        return _read_and_hash(paths[name], faiss_reader=faiss_readers and _is_faiss(name))
+
+    if pool is None or len(order) < 2:
+        read = {name: read_one(name) for name in order}
+    else:
+        read = dict(zip(order, pool.map(read_one, order), strict=True))
+    blobs: dict[str, Any] = {}
+    for name, digest in files.items():  # report the first bad file in manifest order
+        data, actual = read[name]
+        if actual != digest:
             raise IntegrityError(f"{root}: {name} has been modified or truncated")
         blobs[name] = data
     return dict(manifest), blobs
@@ -217,7 +331,8 @@ def verify_saved(path: str | Path, *, trusted_signers: Iterable[str] = (), allow
         UntrustedSignerError: signed by a key that is not on ``trusted_signers``.
         SignatureError: the signature does not verify, or was removed.
     """
-    manifest, _ = _verified_files(Path(path), trusted_signers, allow_unsigned)
+    with ThreadPoolExecutor(_workers()) as pool:
+        manifest, _ = _verified_files(Path(path), trusted_signers, allow_unsigned, pool)
     return manifest
 
 
@@ -259,19 +374,43 @@ def load_index(
             ``IntegrityError`` when a verified file does not parse (an unsigned index written by
             hand, say).
     """
+    root = Path(path)
+    with ThreadPoolExecutor(_workers()) as pool:
+        _, blobs = _verified_files(root, trusted_signers, allow_unsigned, pool, True)  # FAISS readers
+        # Everything is verified. The FAISS indexes deserialise on the pool (faiss releases the
+        # GIL) while this thread restores the ledger and parses the rest.
+        readers = {name: blobs.pop(name) for name in [n for n in blobs if _is_faiss(n)]}
+        trained: dict[str, Future[Any]] = {}
+        for name, reader in readers.items():
+            d, _, kind = name.rpartition("/")
+            if kind == "ivf.index":  # the shell, refilled from the verified vectors and list ids
+                trained[name] = pool.submit(_read_ivf, reader, blobs, d)
+            else:
+                trained[name] = pool.submit(faiss.read_index, reader)
+        try:
+            return _build_index(root, blobs, trained, embedder, ledger_path)
+        finally:
+            for future in trained.values():
+                future.cancel()
+
+
+def _read_ivf(reader: Any, blobs: dict[str, Any], d: str) -> Any:
+    prefix = f"{d}/" if d else ""
+
+    def npy(name: str) -> np.ndarray:
+        return _npy(blobs[f"{prefix}{name}.npy"], f"{prefix}{name}.npy")
+
+    return _fill_ivf(faiss.read_index(reader), npy("vectors"), npy("ivf_ids"), npy("ivf_sizes"), d)
+
+
+def _build_index(root: Path, blobs: dict[str, Any], trained: dict[str, Future[Any]], embedder: Any,
+                 ledger_path: str | Path | None) -> GuardedIndex:
     from ._index import GuardedIndex
 
-    root = Path(path)
-    _, blobs = _verified_files(root, trusted_signers, allow_unsigned)
     try:
         meta = orjson.loads(blobs["index.json"])
         ledger = Ledger(ledger_path if ledger_path is not None else ":memory:")
-        with tempfile.TemporaryDirectory() as tmp:  # sqlite reads files, so the verified bytes go to one
-            db = Path(tmp) / "ledger.sqlite"
-            db.write_bytes(blobs["ledger.sqlite"])
-            with sqlite3.connect(db) as source:
-                ledger.restore_from(source)
-            source.close()
+        _restore_ledger(ledger, blobs["ledger.sqlite"])
         index = GuardedIndex(
             embedder,
             dim=meta["dim"],
@@ -283,12 +422,31 @@ def load_index(
         for entry in meta["shards"]:
             partition = index.main if entry["partition"] == "main" else index.quarantine
             shard = partition.shard(entry["namespace"], meta["dim"])
-            _read_shard(shard, blobs, str(entry["dir"]))
+            _read_shard(shard, blobs, str(entry["dir"]), trained)
     except GuardedRetrieverError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, sqlite3.Error, RuntimeError, orjson.JSONDecodeError) as exc:
         raise IntegrityError(f"{root}: a verified file does not parse ({type(exc).__name__}: {exc})") from None
     return index
+
+
+def _restore_ledger(ledger: Ledger, data: bytes) -> None:
+    """Restore the ledger from the verified bytes: deserialised in memory when SQLite can."""
+    source = sqlite3.connect(":memory:")
+    try:
+        source.deserialize(data)
+        ledger.restore_from(source)
+        return
+    except (AttributeError, sqlite3.Error):  # no sqlite3_deserialize (or it refused): use a file
+        pass
+    finally:
+        source.close()
+    with tempfile.TemporaryDirectory() as tmp:  # sqlite reads files, so the verified bytes go to one
+        db = Path(tmp) / "ledger.sqlite"
+        db.write_bytes(data)
+        with sqlite3.connect(db) as source:
+            ledger.restore_from(source)
+        source.close()
 
 
 class _Blob:
@@ -306,7 +464,7 @@ class _Blob:
         return self._decode(self._data[self._offsets[i]: self._offsets[i + 1]])
 
 
-def _read_shard(shard: Shard, blobs: dict[str, bytes], d: str) -> None:
+def _read_shard(shard: Shard, blobs: dict[str, Any], d: str, trained_futures: dict[str, Future[Any]]) -> None:
     def npy(name: str) -> np.ndarray:
         return _npy(blobs[f"{d}/{name}.npy"], f"{d}/{name}.npy")
 
@@ -325,7 +483,9 @@ def _read_shard(shard: Shard, blobs: dict[str, bytes], d: str) -> None:
     csr = (npy("indptr"), npy("postings"), npy("weights")) if f"{d}/indptr.npy" in blobs else None
     bm25 = BM25Shard.restore(orjson.loads(blobs[f"{d}/vocab.json"]), npy("terms"), npy("tfs"), offsets, csr,
                              k1=shard.bm25.k1, b=shard.bm25.b)
-    trained = None
-    if f"{d}/faiss.index" in blobs:
-        trained = faiss.deserialize_index(np.frombuffer(blobs[f"{d}/faiss.index"], dtype=np.uint8))
+    future = trained_futures.get(f"{d}/faiss.index")
+    trained = future.result() if future is not None else None
+    refilled = trained_futures.get(f"{d}/ivf.index")
+    if refilled is not None:
+        trained = refilled.result()
     shard.restore(columns, bm25, vectors, trained)

@@ -166,6 +166,10 @@ _MARKUP = re.compile(
 _MIXED_SCRIPT = re.compile(
     r"\b(?=\w*[a-zA-Z])(?=\w*[\u0370-\u03ff\u0400-\u04ff])\w+\b"
 )
+# Pre-filters: a text without a Greek or Cyrillic letter has no mixed-script word, and tag
+# characters are counted by one scan in C rather than a Python loop over every character.
+_GREEK_CYRILLIC = re.compile(r"[\u0370-\u03ff\u0400-\u04ff]")
+_TAG_CHARS = re.compile("[\U000e0000-\U000e007f]")
 
 # --- URLs ---
 
@@ -212,10 +216,10 @@ def _hidden_risk(raw: str) -> float:
             if c in _BIDI_OVERRIDES or (before.isascii() and before.isalpha()
                                         and after.isascii() and after.isalpha()):
                 suspicious += 1
-        suspicious += sum(1 for c in raw if "\U000e0000" <= c <= "\U000e007f")  # tag characters
+        suspicious += len(_TAG_CHARS.findall(raw))  # tag characters
         if suspicious:
             score += min(1.0, suspicious / 3)
-        if _MIXED_SCRIPT.search(raw):
+        if _GREEK_CYRILLIC.search(raw) and _MIXED_SCRIPT.search(raw):
             score += 0.5
     if "<" in raw or ":" in raw:
         score += min(1.0, len(_MARKUP.findall(raw)) / 2)
@@ -242,13 +246,14 @@ def document_features(raw: str, canonical: str, tokens: Iterable[str]) -> list[f
 
     ``near_duplicate_burst`` is left at 0: only the pipeline, which sees the namespace, can set it.
     """
-    token_set = set(tokens)
+    # Three membership scans of the token list are cheaper than building a set of it first.
+    token_list = tokens if isinstance(tokens, list | tuple) else list(tokens)
     override = directive = code = 0.0
-    if not _OVERRIDE_TRIGGERS.isdisjoint(token_set):
+    if not _OVERRIDE_TRIGGERS.isdisjoint(token_list):
         override = min(1.0, len(_OVERRIDE.findall(canonical)) / 1)
-    if not _DIRECTIVE_TRIGGERS.isdisjoint(token_set):
+    if not _DIRECTIVE_TRIGGERS.isdisjoint(token_list):
         directive = min(1.0, len(_DIRECTIVE.findall(canonical)) / 2)
-    if not _CODE_TRIGGERS.isdisjoint(token_set):
+    if not _CODE_TRIGGERS.isdisjoint(token_list):
         code = min(1.0, len(_CODE.findall(canonical)) / 2)
     url = _url_risk(raw) if ("://" in raw or "data:" in raw or "javascript:" in raw) else 0.0
     embedded = _embedded_instruction(raw) if "|" in raw else 0.0

@@ -7,17 +7,16 @@ Candidates found through a band are then checked for their true distance.
 
 from __future__ import annotations
 
-from ._fingerprint import hamming
-
 __all__ = ["SimhashIndex"]
 
 _BANDS = 4
 _BAND_BITS = 16
 _BAND_MASK = (1 << _BAND_BITS) - 1
+_MASK64 = (1 << 64) - 1
 
 
 class SimhashIndex:
-    """Maps ``(band, 16-bit value)`` to the ids whose fingerprint has it."""
+    """Maps each band's 16-bit value to the ids whose fingerprint has it (one dict per band)."""
 
     __slots__ = ("_bands", "_hashes", "max_distance")
 
@@ -25,37 +24,47 @@ class SimhashIndex:
         if not 0 <= max_distance < _BANDS:
             raise ValueError(f"max_distance must be in [0, {_BANDS - 1}] for {_BANDS} bands")
         self.max_distance = max_distance
-        self._bands: dict[tuple[int, int], set[str]] = {}
+        self._bands: tuple[dict[int, set[str]], ...] = tuple({} for _ in range(_BANDS))
         self._hashes: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._hashes)
 
     def add(self, doc_id: str, simhash: int) -> None:
-        self.discard(doc_id)
+        if doc_id in self._hashes:
+            self.discard(doc_id)
         self._hashes[doc_id] = simhash
-        for b in range(_BANDS):
-            key = (b, (simhash >> (b * _BAND_BITS)) & _BAND_MASK)
-            self._bands.setdefault(key, set()).add(doc_id)
+        b0, b1, b2, b3 = self._bands
+        for band, value in ((b0, simhash & _BAND_MASK), (b1, (simhash >> 16) & _BAND_MASK),
+                            (b2, (simhash >> 32) & _BAND_MASK), (b3, (simhash >> 48) & _BAND_MASK)):
+            ids = band.get(value)
+            if ids is None:
+                band[value] = {doc_id}
+            else:
+                ids.add(doc_id)
 
     def discard(self, doc_id: str) -> None:
         old = self._hashes.pop(doc_id, None)
         if old is None:
             return
-        for b in range(_BANDS):
-            key = (b, (old >> (b * _BAND_BITS)) & _BAND_MASK)
-            ids = self._bands.get(key)
+        for b, band in enumerate(self._bands):
+            value = (old >> (b * _BAND_BITS)) & _BAND_MASK
+            ids = band.get(value)
             if ids is not None:
                 ids.discard(doc_id)
                 if not ids:
-                    del self._bands[key]
+                    del band[value]
 
     def near(self, simhash: int, *, exclude: str | None = None) -> set[str]:
         """Ids whose fingerprint is within ``max_distance`` bits of ``simhash``."""
+        b0, b1, b2, b3 = self._bands
         found: set[str] = set()
-        for b in range(_BANDS):
-            ids = self._bands.get((b, (simhash >> (b * _BAND_BITS)) & _BAND_MASK))
+        for ids in (b0.get(simhash & _BAND_MASK), b1.get((simhash >> 16) & _BAND_MASK),
+                    b2.get((simhash >> 32) & _BAND_MASK), b3.get((simhash >> 48) & _BAND_MASK)):
             if ids:
                 found |= ids
+        if not found:
+            return found
         found.discard(exclude)
-        return {i for i in found if hamming(self._hashes[i], simhash) <= self.max_distance}
+        hashes, limit = self._hashes, self.max_distance
+        return {i for i in found if ((hashes[i] ^ simhash) & _MASK64).bit_count() <= limit}
