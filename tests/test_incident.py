@@ -142,6 +142,20 @@ def test_save_load_round_trip_preserves_everything(world, tmp_path):
                    manifest=sign([("b-new", "A new Globex note.")]))
 
 
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_an_ann_index_round_trips_with_an_empty_quarantine(kind, tmp_path):
+    # Regression: with dense_index="ivf", save trained FAISS on the empty quarantine shard and crashed.
+    index = gr.GuardedIndex(HashingEmbedder(), policy=gr.TrustPolicy(manifest_required=False),
+                            config=gr.GuardConfig(dense_index=kind))
+    index.add([(f"d{i}", f"support note {i} about topic {i % 7} and its settings") for i in range(300)],
+              namespace=NS_A)
+    assert not index.quarantine.shards.get(KEY_A) or not len(index.quarantine.shards[KEY_A])
+    before = [h.id for h in index.search("topic 3 settings", namespace=NS_A, k=5).kept]
+    loaded = gr.GuardedIndex.load(index.save(tmp_path / "idx", signer=None), allow_unsigned=True,
+                                  embedder=HashingEmbedder())
+    assert before and [h.id for h in loaded.search("topic 3 settings", namespace=NS_A, k=5).kept] == before
+
+
 def test_a_loaded_index_with_an_embedder_searches_and_ingests(world, tmp_path):
     path = world.index.save(tmp_path / "idx", signer=SIGNER)
     loaded = gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key], embedder=HashingEmbedder(),

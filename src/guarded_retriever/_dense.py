@@ -144,8 +144,8 @@ class DenseShard:
 
     def trained_index(self) -> Any:
         """The up-to-date IVF / HNSW index worth saving, or ``None`` for a flat or brute-force one."""
-        if self.resolved_kind() == "flat" or self._brute_force():
-            return None
+        if self.resolved_kind() == "flat" or self._brute_force() or not self._n:
+            return None  # an empty shard (a namespace's unused quarantine) has nothing to train on
         return self._ensure_index()
 
     def restore(self, vectors: np.ndarray, index: Any = None) -> None:
