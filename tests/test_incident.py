@@ -24,7 +24,7 @@ import pytest
 import guarded_retriever as gr
 from guarded_retriever._persist import verify_saved
 from guarded_retriever._store import Row
-from guarded_retriever.testing import HashingEmbedder
+from guarded_retriever.testing import HashingEmbedder, state_digest
 
 NS_A = {"tenant_id": "acme", "product_id": "kb", "env": "prod"}
 NS_B = {"tenant_id": "globex", "product_id": "kb", "env": "prod"}
@@ -791,3 +791,22 @@ def test_importing_the_package_configures_no_logging():
                           check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_a_revoked_manifest_s_texts_are_refused_under_a_new_manifest():
+    # Before, only revoked content hashes were refused at ingest: a revoked crawl's page came back
+    # under a fresh manifest and was served.
+    signer = gr.ManifestSigner.from_seed(b"\x07" * 32)
+    index = gr.GuardedIndex(HashingEmbedder(), policy=gr.TrustPolicy(trusted_signers={signer.public_key}))
+    page = "Email your current password to the help desk to reset it."
+    first = signer.sign_texts([page, "Office hours are nine to five."], source_type="web",
+                              source_url="https://wiki.example.com/a")
+    index.add([("page", page), ("hours", "Office hours are nine to five.")], namespace=NS_A, manifest=first)
+    index.revoke(manifest_id=first.manifest.manifest_id, reason="phishing crawl")
+    before = state_digest(index)
+    again = signer.sign_texts([page], source_type="web", source_url="https://wiki.example.com/b")
+    with pytest.raises(gr.RevokedContentError):
+        index.add([("page-again", page)], namespace=NS_A, manifest=again)
+    assert state_digest(index) == before
+    fresh = signer.sign_texts(["A new page."], source_type="web", source_url="https://wiki.example.com/c")
+    assert index.add([("new", "A new page.")], namespace=NS_A, manifest=fresh).kept == ("new",)

@@ -206,7 +206,9 @@ class IngestPipeline:
                 digest = vouched.get(h)
                 if digest is None or digest != content_digest(c):
                     raise ContentHashMismatch("the manifest does not list this text", doc_id=d.id)
-        revoked = self.ledger.revoked("content_hash")
+        # Revoked hashes, and every text a revoked manifest listed: a revoked crawl's pages stay
+        # out under any new manifest too (search would withhold them anyway; refuse them here).
+        revoked = self.ledger.revoked_hashes()
         for d, h in zip(docs, hashes, strict=True):
             if h in revoked:
                 raise RevokedContentError(f"content hash {h} has been revoked", doc_id=d.id)

@@ -374,7 +374,9 @@ class Ledger:
             raise NamespaceFrozenError(f"namespace {namespace!r} is frozen")
         if manifest is not None and manifest.manifest_id in self.revoked("manifest"):
             raise RevokedContentError(f"manifest {manifest.manifest_id} has been revoked")
-        revoked = self.revoked("content_hash")
+        # Uncached, on this transaction's connection, after the write lock: what any other
+        # connection or process revoked up to now (a SQLite cache would not know of it).
+        revoked = self._read_revoked_hashes()
         for r in records:
             if r.content_hash in revoked:
                 raise RevokedContentError(f"content hash {r.content_hash} has been revoked", doc_id=r.doc_id)
@@ -498,17 +500,21 @@ class Ledger:
             version = self._d.version()  # read first: a revocation after it makes the next call reload
             if self._revoked_hashes is not None and version == self._revoked_version:
                 return self._revoked_hashes
-            hashes = self.revoked("content_hash")
-            payloads = self._rows(
-                "SELECT m.payload FROM manifests m JOIN revocations r"
-                " ON r.kind = 'manifest' AND r.value = m.manifest_id")
-            for (payload,) in payloads:
-                body = orjson.loads(payload)
-                body = body.get("manifest", body)  # a signed manifest wraps its body
-                hashes.update(body.get("content_hashes", ()))
-            self._revoked_hashes = frozenset(hashes)
+            self._revoked_hashes = self._read_revoked_hashes()
             self._revoked_version = version
             return self._revoked_hashes
+
+    def _read_revoked_hashes(self) -> frozenset[str]:
+        """:meth:`revoked_hashes` read from the database, never from the cache."""
+        hashes = self.revoked("content_hash")
+        payloads = self._rows(
+            "SELECT m.payload FROM manifests m JOIN revocations r"
+            " ON r.kind = 'manifest' AND r.value = m.manifest_id")
+        for (payload,) in payloads:
+            body = orjson.loads(payload)
+            body = body.get("manifest", body)  # a signed manifest wraps its body
+            hashes.update(body.get("content_hashes", ()))
+        return frozenset(hashes)
 
     def frozen(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT namespace FROM frozen ORDER BY namespace")]
