@@ -470,3 +470,20 @@ def test_a_text_another_process_revoked_never_leaves_this_process_s_search(pg_ur
     assert "invoice" not in [h.id for h in result.kept] and result.kept  # withheld, the rest still served
     assert text not in [h.text for h in result.quarantined]
     assert [r.id for r in ours.get(["invoice", "reset"], namespace=NS_A)] == ["reset"]
+
+
+def test_a_writer_stuck_in_another_process_times_out_instead_of_hanging(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from guarded_retriever import _ledger_postgres
+
+    monkeypatch.setattr(_ledger_postgres, "_WRITE_LOCK_TIMEOUT_MS", 300)
+    stuck, waiting = gr.Ledger(pg_url), gr.Ledger(pg_url)
+    before = _snapshot(waiting)
+    with stuck.transaction():  # holds the write lock, as a hung writer would
+        started = time.monotonic()
+        with pytest.raises(gr.LedgerError):
+            waiting.record_batch([_record("late")], manifest=None, batch_id="b1", namespace=KEY)
+        assert time.monotonic() - started < 10
+    assert _snapshot(waiting) == before
+    waiting.record_batch([_record("late")], manifest=None, batch_id="b1", namespace=KEY)  # and then it lands
+    assert waiting.get(KEY, "late") is not None

@@ -67,6 +67,8 @@ INSERT INTO ledger_state VALUES (1, 0) ON CONFLICT DO NOTHING;
 
 _PG_SCHEMA = _translate(_SCHEMA)
 _LOCK_CLASS = 0x4752  # "GR": the advisory lock's first key; the second is the schema's crc32
+# How long a write waits for another process's batch; a batch holds the lock only to write its rows.
+_WRITE_LOCK_TIMEOUT_MS = 30_000
 
 
 def _insert(table: str, columns: str) -> str:
@@ -171,6 +173,9 @@ class PostgresDialect:
         # writer before us committed while we waited for it.
         self._conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
         try:
+            # A writer stuck in another process must not stall every other writer (and, through
+            # the index's write lock, every search) forever: give up with an error instead.
+            self._conn.execute(f"SET LOCAL lock_timeout = '{_WRITE_LOCK_TIMEOUT_MS}ms'")
             self._conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._key)
         except BaseException:
             self._conn.execute("ROLLBACK")
