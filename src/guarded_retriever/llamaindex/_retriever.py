@@ -344,18 +344,22 @@ class GuardedRetriever(BaseRetriever):
     def _query_vector(self, bundle: QueryBundle) -> Embedding:
         # A caller's precomputed embedding is honoured, as VectorIndexRetriever does; the bundle
         # is not mutated (a shared bundle would leak this model's vector to sibling retrievers).
+        # One string (the usual bundle) is embedded directly: the mean of one vector is itself, and
+        # the aggregating call costs a second instrumentation span per query.
         if bundle.embedding is not None:
             return bundle.embedding
-        if not bundle.embedding_strs:  # an empty query: LlamaIndex would have nothing to average
-            return self.embed_model.get_query_embedding(bundle.query_str)
-        return self.embed_model.get_agg_embedding_from_queries(bundle.embedding_strs)
+        strs = bundle.embedding_strs
+        if len(strs) <= 1:  # none: an empty query, which LlamaIndex would have nothing to average
+            return self.embed_model.get_query_embedding(strs[0] if strs else bundle.query_str)
+        return self.embed_model.get_agg_embedding_from_queries(strs)
 
     async def _aquery_vector(self, bundle: QueryBundle) -> Embedding:
         if bundle.embedding is not None:
             return bundle.embedding
-        if not bundle.embedding_strs:
-            return await self.embed_model.aget_query_embedding(bundle.query_str)
-        return await self.embed_model.aget_agg_embedding_from_queries(bundle.embedding_strs)
+        strs = bundle.embedding_strs
+        if len(strs) <= 1:
+            return await self.embed_model.aget_query_embedding(strs[0] if strs else bundle.query_str)
+        return await self.embed_model.aget_agg_embedding_from_queries(strs)
 
     def _nodes(self, result: SearchResult) -> list[NodeWithScore]:
         shelf = self._stores.shelves.get(result.namespace)
