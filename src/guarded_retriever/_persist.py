@@ -434,13 +434,11 @@ def _restore_ledger(ledger: Ledger, data: bytes) -> None:
     """Restore the ledger from the verified bytes: deserialised in memory when SQLite can."""
     source = sqlite3.connect(":memory:")
     try:
-        try:
-            source.deserialize(data)
-        except (AttributeError, sqlite3.Error):  # no sqlite3_deserialize (or it refused): use a file
-            pass
-        else:
-            ledger.restore_from(source)  # a bad ledger fails here once, not again from a file
-            return
+        source.deserialize(data)
+        ledger.restore_from(source)
+        return
+    except (AttributeError, sqlite3.Error):  # no sqlite3_deserialize (or it refused): use a file
+        pass
     finally:
         source.close()
     with tempfile.TemporaryDirectory() as tmp:  # sqlite reads files, so the verified bytes go to one
