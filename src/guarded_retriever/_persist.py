@@ -437,7 +437,9 @@ def _restore_ledger(ledger: Ledger, data: bytes) -> None:
         source.deserialize(data)
         ledger.restore_from(source)
         return
-    except (AttributeError, sqlite3.Error):  # no sqlite3_deserialize (or it refused): use a file
+    except (AttributeError, sqlite3.Error):
+        # No sqlite3_deserialize, or an image it cannot open from memory (a ledger saved from a
+        # WAL-mode file keeps WAL in its header): restore from a file instead.
         pass
     finally:
         source.close()
