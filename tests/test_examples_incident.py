@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "incident_response.py"
+from ._examples import EXAMPLES, listed, run_offline, value
 
-# Runs the example as __main__ with every socket connection refused: nothing may be downloaded.
-OFFLINE = (
-    "import runpy, socket, sys\n"
-    "def refuse(*args, **kwargs):\n"
-    "    raise OSError('network access attempted')\n"
-    "socket.socket.connect = refuse\n"
-    "socket.socket.connect_ex = refuse\n"
-    "runpy.run_path(sys.argv[1], run_name='__main__')\n"
-)
+EXAMPLE = EXAMPLES / "incident_response.py"
 
 
-def value(out: str, label: str) -> str:
-    line = next(ln for ln in out.splitlines() if ln.startswith(f"{label}: "))
-    return line.removeprefix(f"{label}: ")
 
-
-def listed(out: str, label: str) -> list:
-    return list(ast.literal_eval(value(out, label)))
 
 
 def events(out: str, name: str) -> list[dict]:
@@ -36,11 +19,7 @@ def events(out: str, name: str) -> list[dict]:
 
 
 def test_the_incident_response_example():
-    done = subprocess.run([sys.executable, "-W", "error", "-c", OFFLINE, str(EXAMPLE)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr == ""
-    out = done.stdout
+    out = run_offline(EXAMPLE.name)
 
     # 1. the phishing page slipped in and ranks first; the injection was quarantined
     assert listed(out, "wiki batch kept") == ["wiki-tip", "wiki-phish"]

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from ._examples import listed, run_offline
+
 pytest.importorskip("llama_index.core")
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-# Runs an example as __main__ with every socket connection refused: nothing may be downloaded.
-OFFLINE = (
-    "import runpy, socket, sys\n"
-    "def refuse(*args, **kwargs):\n"
-    "    raise OSError('network access attempted')\n"
-    "socket.socket.connect = refuse\n"
-    "socket.socket.connect_ex = refuse\n"
-    "runpy.run_path(sys.argv[1], run_name='__main__')\n"
-)
 
 
-def run(name: str) -> str:
-    done = subprocess.run([sys.executable, "-W", "error", "-c", OFFLINE, str(EXAMPLES / name)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
-
-def listed(out: str, label: str) -> list[str]:
-    line = next(ln for ln in out.splitlines() if ln.startswith(f"{label}: "))
-    return list(ast.literal_eval(line.removeprefix(f"{label}: ")))
 
 
 def prompt_of(out: str) -> str:
@@ -41,7 +20,7 @@ def prompt_of(out: str) -> str:
 
 
 def test_the_query_engine_example():
-    out = run("llamaindex_query_engine.py")
+    out = run_offline("llamaindex_query_engine.py", quiet_stderr=False)
     assert "quarantined ['acme-forum-2']" in out.splitlines()[0]  # the injection, at ingest
     sources = listed(out, "sources")
     assert sources and all(s.startswith("acme-kb-") for s in sources)
@@ -60,7 +39,7 @@ def test_the_query_engine_example():
 
 
 def test_the_postprocessor_example():
-    out = run("llamaindex_postprocessor.py")
+    out = run_offline("llamaindex_postprocessor.py", quiet_stderr=False)
     unguarded = listed(out, "unguarded sources")
     assert {"globex-it-1", "orphan-1", "acme-forum-2"} <= set(unguarded)  # the problem it solves
     guarded = listed(out, "guarded sources")

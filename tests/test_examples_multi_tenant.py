@@ -6,37 +6,21 @@ from __future__ import annotations
 import ast
 import json
 import runpy
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "multi_tenant.py"
+from ._examples import EXAMPLES, run_offline, value
 
-OFFLINE = (
-    "import runpy, socket, sys\n"
-    "def refuse(*args, **kwargs):\n"
-    "    raise OSError('network access attempted')\n"
-    "socket.socket.connect = refuse\n"
-    "socket.socket.connect_ex = refuse\n"
-    "runpy.run_path(sys.argv[1], run_name='__main__')\n"
-)
+EXAMPLE = EXAMPLES / "multi_tenant.py"
+
 
 ACME_PROD = "tenant_id=acme|product_id=help|env=prod"
 STAGING = "tenant_id=acme|product_id=help|env=staging"
 GLOBEX = "tenant_id=globex|product_id=help|env=prod"
 
 
-def value(out: str, label: str) -> str:
-    return next(ln for ln in out.splitlines() if ln.startswith(f"{label}: ")).removeprefix(f"{label}: ")
-
 
 def test_the_example_runs_offline_and_prints_what_it_claims():
-    done = subprocess.run([sys.executable, "-W", "error", "-c", OFFLINE, str(EXAMPLE)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr == ""
-    out = done.stdout
+    out = run_offline(EXAMPLE.name)
     for label in ("no namespace", "missing env", "extra key", "empty tenant", "None tenant", "space in value",
                   "Cyrillic look-alike"):
         assert value(out, label) == "NamespaceError"

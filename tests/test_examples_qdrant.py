@@ -3,40 +3,22 @@ guard in front of the existing Qdrant collection fences and re-scores what the s
 
 from __future__ import annotations
 
-import ast
 import runpy
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ._examples import EXAMPLES, listed, run_offline
+
 pytest.importorskip("langchain_qdrant")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "qdrant_existing_store.py"
-
-# Runs the example as __main__ with every socket connection refused: nothing may be downloaded.
-OFFLINE = (
-    "import runpy, socket, sys\n"
-    "def refuse(*args, **kwargs):\n"
-    "    raise OSError('network access attempted')\n"
-    "socket.socket.connect = refuse\n"
-    "socket.socket.connect_ex = refuse\n"
-    "runpy.run_path(sys.argv[1], run_name='__main__')\n"
-)
+EXAMPLE = EXAMPLES / "qdrant_existing_store.py"
 
 
-def listed(out: str, label: str) -> list[str]:
-    line = next(ln for ln in out.splitlines() if ln.startswith(f"{label}: "))
-    return list(ast.literal_eval(line.removeprefix(f"{label}: ")))
 
 
 def test_the_example_runs_offline_and_prints_what_it_claims():
-    done = subprocess.run([sys.executable, "-W", "error", "-c", OFFLINE, str(EXAMPLE)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+    out = run_offline(EXAMPLE.name, quiet_stderr=False)
     plain = listed(out, "plain store")
     assert {"forum-evil", "gx-reset"} <= set(plain)  # the problem: the bare store serves both
     guarded = listed(out, "guarded acme")
