@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from itertools import pairwise
 
 import numpy as np
@@ -168,6 +169,30 @@ class BM25Shard:
             local.seen = np.zeros(len(acc), dtype=bool)
         return acc, local.seen
 
+    def _whole_pass(self, spans: Sequence[tuple[int, int]]) -> bool:
+        """Long postings (frequent terms, a large shard): touching every row once is cheaper than
+        tracking which rows were touched."""
+        return sum(e - s for s, e in spans) * _DENSE_SHARE >= len(self._doc_terms)
+
+    @contextmanager
+    def _summed(self, spans: Sequence[tuple[int, int]], seen: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """The accumulator's live rows with every span's weights added (``np.add.at`` on same-dtype
+        float32 is numpy's fast unbuffered path), marking touched rows in ``seen`` if given; both
+        are zero again on exit, whatever happened."""
+        acc, _ = self._scratch()
+        n = len(self._doc_terms)
+        postings, weights = self._postings, self._weights
+        try:
+            for s, e in spans:
+                np.add.at(acc, postings[s:e], weights[s:e])
+                if seen is not None:
+                    seen[postings[s:e]] = True
+            yield acc[:n]
+        finally:
+            acc[:n] = 0.0
+            if seen is not None:
+                seen[:n] = False
+
     def scores(
         self, query_tokens: Sequence[str], also: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -191,34 +216,18 @@ class BM25Shard:
             s, e = spans[0]
             return postings[s:e], weights[s:e]
         acc, seen = self._scratch()
-        n = len(self._doc_terms)
-        if sum(e - s for s, e in spans) * _DENSE_SHARE >= n:
-            # Long postings (frequent terms, a large shard): touching every row once is cheaper
-            # than tracking which rows were touched. ``np.add.at`` on same-dtype float32 is
-            # numpy's fast unbuffered path; the matched rows come back in row order.
+        if self._whole_pass(spans):  # the matched rows come back in row order
             if self._positive:  # no ``seen`` bitmap to scatter into: matched iff accumulated > 0
-                try:
-                    for s, e in spans:
-                        np.add.at(acc, postings[s:e], weights[s:e])
-                    live = acc[:n]
+                with self._summed(spans) as live:
                     mask = live > 0
                     matched = np.flatnonzero(mask).astype(np.int32)
                     if not len(extra):
                         return matched, live[mask]
                     return np.concatenate([matched, extra]), np.concatenate([live[mask], live[extra]])
-                finally:
-                    acc[:n] = 0.0
-            try:
-                for s, e in spans:
-                    rows = postings[s:e]
-                    np.add.at(acc, rows, weights[s:e])
-                    seen[rows] = True
-                matched = np.flatnonzero(seen[:n]).astype(np.int32)
+            with self._summed(spans, seen) as live:
+                matched = np.flatnonzero(seen[: len(live)]).astype(np.int32)
                 rows = np.concatenate([matched, extra]) if len(extra) else matched
-                return rows, acc[rows]
-            finally:
-                acc[:n] = 0.0
-                seen[:n] = False
+                return rows, live[rows]
         parts: list[np.ndarray] = []
         try:
             for s, e in spans:
@@ -250,17 +259,11 @@ class BM25Shard:
         tie at the k-th place falls back to exactly that gather and :func:`top_k`.
         """
         spans = self._spans(query_tokens)
-        n = len(self._doc_terms)
-        if not (spans and self._positive and sum(e - s for s, e in spans) * _DENSE_SHARE >= n):
+        if not (spans and self._positive and self._whole_pass(spans)):
             rows, scored = self.scores(query_tokens, also=also)
             n_matched = len(rows) - len(also)
             return (*top_k(rows[:n_matched], scored[:n_matched], k), scored[n_matched:])
-        postings, weights = self._postings, self._weights
-        acc, _ = self._scratch()
-        try:
-            for s, e in spans:
-                np.add.at(acc, postings[s:e], weights[s:e])
-            live = acc[:n]
+        with self._summed(spans) as live:
             also_scores = live[also]
             picked = _sampled_top(live, k)
             if picked is None:
@@ -270,8 +273,6 @@ class BM25Shard:
             top_scores = live[rows]
             order = np.lexsort((rows, -top_scores))
             return rows[order], top_scores[order], also_scores
-        finally:
-            acc[:n] = 0.0
 
 
 def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -448,6 +448,7 @@ class GuardedIndex:
         qc = canonicalize(query)
         qtokens = tokenize(qc)
         qvec = self._query_vector(query, query_vector)
+        revoked = self._withheld_hashes()  # once per query: on PostgreSQL it is a round trip
         cfg = self.config
         n_cand = max(cfg.candidates, k)
 
@@ -474,7 +475,6 @@ class GuardedIndex:
             tau = cfg.tau
             fused_at = fused.tolist()
             rows = shard.rows
-            revoked = self._withheld_hashes()
             # Query-time evidence quarantines, it does not re-rank: below τ, echo and clustering
             # mostly measure topicality (the relevant passages of a query resemble each other),
             # and penalising that would cost clean ranking quality for no protection. So the
@@ -501,7 +501,7 @@ class GuardedIndex:
             if final_poison[top] >= tau:
                 alerts.append("top_candidate_quarantined")
         if qshard is not None and len(qshard):
-            quarantined.extend(self._withheld(qshard, key, qtokens, qvec, k, kept, norm))
+            quarantined.extend(self._withheld(qshard, key, qtokens, qvec, k, kept, norm, revoked))
         if violations:
             self.stats["namespace_violations"] += violations
         vectors = shard.dense.vectors if shard is not None else np.zeros((0, len(qvec)), np.float32)
@@ -574,7 +574,7 @@ class GuardedIndex:
                    row.features if features is None else features)
 
     def _withheld(self, qshard: Shard, key: str, qtokens: Sequence[str], qvec: np.ndarray, k: int,
-                  kept: Sequence[Hit], norm: tuple[float, float, float]) -> list[Hit]:
+                  kept: Sequence[Hit], norm: tuple[float, float, float], revoked: frozenset[str]) -> list[Hit]:
         """Documents quarantined at ingest that would have made this query's top-k."""
         cands = _candidates(qshard, qtokens, qvec, k)
         if cands is None or not cands.rows.size:
@@ -588,7 +588,6 @@ class GuardedIndex:
         floor = min((w.alpha * h.bm25 / bmax + w.beta * (h.dense - dmin) / dspan + w.gamma * h.provenance
                      for h in kept), default=-np.inf) if len(kept) >= k else -np.inf
         out = []
-        revoked = self._withheld_hashes()
         for i, r in enumerate(cands.rows.tolist()):
             row = qshard.rows[r]
             if row.content_hash in revoked:
@@ -703,7 +702,7 @@ class GuardedIndex:
             given = check_vectors(vectors, self.dim, len(docs))
         shard = self.main.shards.get(key)
         qshard = self.quarantine.shards.get(key)
-        revoked = self.ledger.revoked_hashes()
+        revoked = self._withheld_hashes()
         withheld = qshard.by_content_hash() if qshard is not None else {}
 
         # 1. the fence: resolve each document to its ingest record, or to its own text.
@@ -819,8 +818,8 @@ class GuardedIndex:
         """Content hashes no search path may return, though a shard may still hold them.
 
         A revoke purges this process's shards, but a ledger other processes write to (PostgreSQL)
-        holds revocations this process never applied, and a revoked manifest's texts can come back
-        under another manifest. The ledger caches the set (one version check on PostgreSQL).
+        holds revocations this process never applied. The ledger caches the set (one version
+        check on PostgreSQL).
         Not ``@_reading``: callers already hold the read lock, and taking it twice can deadlock
         against a waiting writer.
         """

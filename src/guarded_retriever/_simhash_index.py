@@ -7,12 +7,19 @@ Candidates found through a band are then checked for their true distance.
 
 from __future__ import annotations
 
+from ._fingerprint import hamming
+
 __all__ = ["SimhashIndex"]
 
 _BANDS = 4
 _BAND_BITS = 16
 _BAND_MASK = (1 << _BAND_BITS) - 1
-_MASK64 = (1 << 64) - 1
+
+
+def _band_values(simhash: int) -> tuple[int, int, int, int]:
+    """The four 16-bit bands of a fingerprint, lowest first (written out: this runs per document)."""
+    return (simhash & _BAND_MASK, (simhash >> 16) & _BAND_MASK, (simhash >> 32) & _BAND_MASK,
+            (simhash >> 48) & _BAND_MASK)
 
 
 class SimhashIndex:
@@ -34,9 +41,7 @@ class SimhashIndex:
         if doc_id in self._hashes:
             self.discard(doc_id)
         self._hashes[doc_id] = simhash
-        b0, b1, b2, b3 = self._bands
-        for band, value in ((b0, simhash & _BAND_MASK), (b1, (simhash >> 16) & _BAND_MASK),
-                            (b2, (simhash >> 32) & _BAND_MASK), (b3, (simhash >> 48) & _BAND_MASK)):
+        for band, value in zip(self._bands, _band_values(simhash), strict=True):
             ids = band.get(value)
             if ids is None:
                 band[value] = {doc_id}
@@ -47,8 +52,7 @@ class SimhashIndex:
         old = self._hashes.pop(doc_id, None)
         if old is None:
             return
-        for b, band in enumerate(self._bands):
-            value = (old >> (b * _BAND_BITS)) & _BAND_MASK
+        for band, value in zip(self._bands, _band_values(old), strict=True):
             ids = band.get(value)
             if ids is not None:
                 ids.discard(doc_id)
@@ -57,14 +61,12 @@ class SimhashIndex:
 
     def near(self, simhash: int, *, exclude: str | None = None) -> set[str]:
         """Ids whose fingerprint is within ``max_distance`` bits of ``simhash``."""
-        b0, b1, b2, b3 = self._bands
         found: set[str] = set()
-        for ids in (b0.get(simhash & _BAND_MASK), b1.get((simhash >> 16) & _BAND_MASK),
-                    b2.get((simhash >> 32) & _BAND_MASK), b3.get((simhash >> 48) & _BAND_MASK)):
+        for band, value in zip(self._bands, _band_values(simhash), strict=True):
+            ids = band.get(value)
             if ids:
                 found |= ids
         if not found:
             return found
         found.discard(exclude)
-        hashes, limit = self._hashes, self.max_distance
-        return {i for i in found if ((hashes[i] ^ simhash) & _MASK64).bit_count() <= limit}
+        return {i for i in found if hamming(self._hashes[i], simhash) <= self.max_distance}
