@@ -27,7 +27,7 @@ from ._exceptions import EmbeddingError
 # faiss's bundled stubs miss the SWIG search-parameter classes and selectors; treat it as untyped.
 faiss: Any = _faiss
 
-__all__ = ["DenseShard", "IndexKind", "check_vectors"]
+__all__ = ["DenseShard", "IndexKind", "check_query_vector", "check_vectors"]
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 
@@ -71,6 +71,29 @@ def check_vectors(vectors: Any, dim: int | None, n: int) -> np.ndarray:
             arr[extreme] = arr[extreme] / peak
             norms[extreme] = np.linalg.norm(arr[extreme], axis=1, keepdims=True)
     return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+
+def check_query_vector(vector: Any, dim: int | None) -> np.ndarray:
+    """:func:`check_vectors` for one query embedding (any shape holding ``dim`` values).
+
+    Every search runs this, so the usual case, a finite real vector of a sane norm, takes a few
+    numpy calls (each costs microseconds more when the caches are cold); anything else goes
+    through :func:`check_vectors`, which refuses or rescales it. The result is bit for bit the
+    same either way: the norm is summed in float32 by the same reduction.
+    """
+    try:
+        arr = vector if isinstance(vector, np.ndarray) else np.asarray(vector)
+    except (TypeError, ValueError) as exc:
+        raise EmbeddingError(f"the query embedding is not a numeric array: {exc}") from None
+    if arr.dtype.kind == "f" and (dim is None or arr.size == dim) and arr.size:
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            row = arr.astype(np.float32).reshape(-1)
+            norm = np.sqrt(np.add.reduce(row * row))
+        # NaN or inf anywhere makes the norm non-finite; so does a float32 overflow of the squares.
+        if np.isfinite(norm) and norm >= _NORM_FLOOR:
+            out: np.ndarray = row / norm
+            return out
+    return check_vectors(arr.reshape(1, -1), dim, 1)[0]
 
 
 class DenseShard:

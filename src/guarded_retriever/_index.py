@@ -35,7 +35,7 @@ import orjson
 from ._canonical import canonicalize, tokenize
 from ._config import GuardConfig
 from ._contract import delta_s, lambda_state, next_fix, validate_contract
-from ._dense import check_vectors
+from ._dense import check_query_vector, check_vectors
 from ._embed import Embedder, as_embedder
 from ._exceptions import ConfigError, DocumentError, EmbeddingError, NamespaceFrozenError, NamespaceViolation
 from ._fingerprint import content_hash
@@ -400,12 +400,7 @@ class GuardedIndex:
             if self.embedder is None:
                 raise ConfigError("no embedder configured: pass query_vector=")
             query_vector = self.embedder.embed_query(query)
-        try:  # check_vectors casts (and refuses complex, non-numeric and non-finite values)
-            as_row = np.asarray(query_vector).reshape(1, -1)
-        except (TypeError, ValueError) as exc:
-            raise EmbeddingError(f"the query embedding is not a numeric array: {exc}") from None
-        row: np.ndarray = check_vectors(as_row, self.dim, 1)[0]
-        return row
+        return check_query_vector(query_vector, self.dim)
 
     def _check_request(self, query: Any, namespace: Any, k: Any) -> Namespace:
         ns = self.pipeline.schema.parse(namespace)
@@ -984,8 +979,10 @@ def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int,
     if not len(shard):
         return None
     shard.refresh()
+    d_cosines: np.ndarray | None = None
     if dense is None:
-        d_rows = shard.dense.search(qvec, n)[0].astype(np.int32)
+        found, d_cosines = shard.dense.search(qvec, n)
+        d_rows = found.astype(np.int32)
     else:
         # Only ids this namespace's shard holds count; the position map is the fence.
         positions = shard.positions
@@ -994,8 +991,19 @@ def _candidates(shard: Shard, qtokens: Sequence[str], qvec: np.ndarray, n: int,
     # One BM25 pass gives the top-n and the dense candidates' exact scores (a dense-only
     # candidate either matches no term, 0, or sits below BM25's top-n).
     b_rows, b_scores, d_bm25 = shard.bm25.top_with(qtokens, n, d_rows)
-    extra = ~(d_rows[:, None] == b_rows).any(axis=1)  # n × n at most: cheaper than np.isin here
+    same = d_rows[:, None] == b_rows  # n × n at most: cheaper than np.isin here
+    extra = ~same.any(axis=1)
     rows = np.concatenate([b_rows, d_rows[extra]])
     bm25 = np.maximum(np.concatenate([b_scores, d_bm25[extra]]), 0.0).astype(np.float64)
-    cosines = shard.dense.similarity(qvec, rows).astype(np.float64)
-    return _Candidates(rows, bm25, cosines, b_rows, d_rows)
+    if d_cosines is None:  # a base store's nominations come without scores we could trust
+        cosines = shard.dense.similarity(qvec, rows)
+    else:
+        # FAISS scored its candidates exactly (flat codes, inner product on the stored vectors),
+        # so only BM25's other rows need a dot product: gathering every candidate's vector again
+        # cost more than the product, most of it in cache misses on a large shard.
+        in_dense = same.any(axis=0)
+        b_cosines = np.empty(len(b_rows), dtype=np.float32)
+        b_cosines[in_dense] = d_cosines[same[:, in_dense].argmax(axis=0)]
+        b_cosines[~in_dense] = shard.dense.similarity(qvec, b_rows[~in_dense])
+        cosines = np.concatenate([b_cosines, d_cosines[extra]])
+    return _Candidates(rows, bm25, cosines.astype(np.float64), b_rows, d_rows)

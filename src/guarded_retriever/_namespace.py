@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ._exceptions import NamespaceError
@@ -32,16 +33,17 @@ class Namespace:
     """A validated namespace. Build one with :meth:`NamespaceSchema.parse` or :meth:`Namespace.of`."""
 
     items: tuple[tuple[str, str], ...]
+    key: str = field(init=False, repr=False, compare=False)
+    """The canonical string form, ``k1=v1|k2=v2|...`` in schema order (built once: every search
+    and every fence compares it)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", "|".join(f"{k}={v}" for k, v in self.items))
 
     @classmethod
     def of(cls, **values: str) -> Namespace:
         """A namespace with the default keys: ``Namespace.of(tenant_id=..., product_id=..., env=...)``."""
         return DEFAULT_SCHEMA.parse(values)
-
-    @property
-    def key(self) -> str:
-        """The canonical string form, ``k1=v1|k2=v2|...`` in schema order."""
-        return "|".join(f"{k}={v}" for k, v in self.items)
 
     def as_dict(self) -> dict[str, str]:
         return dict(self.items)
@@ -75,6 +77,11 @@ class NamespaceSchema:
         Raises:
             NamespaceError: if any key is missing, extra, or has an invalid value.
         """
+        if isinstance(value, (str, Namespace)):  # hashable: every request parses one, so cache it
+            return _parse_hashable(self, value)
+        return self._parse(value)
+
+    def _parse(self, value: Namespace | Mapping[str, Any] | str | None) -> Namespace:
         if isinstance(value, Namespace):
             mapping: Mapping[str, Any] = dict(value.items)
         elif isinstance(value, str):
@@ -108,6 +115,14 @@ class NamespaceSchema:
                 raise NamespaceError(f"malformed namespace key {key!r}")
             out[k] = v
         return out
+
+
+# Equal inputs validate alike (a Namespace compares by its items), and a refusal raises, which
+# lru_cache never stores, so only valid namespaces are remembered; the bound keeps a flood of
+# distinct namespaces from growing it.
+@lru_cache(maxsize=4096)
+def _parse_hashable(schema: NamespaceSchema, value: Namespace | str) -> Namespace:
+    return schema._parse(value)
 
 
 DEFAULT_SCHEMA = NamespaceSchema()

@@ -47,7 +47,17 @@ class EchoScorer:
         if self._query in passage_canonical:
             return self._scale
         padded = f" {passage_canonical} "
-        found = sum(map(padded.__contains__, grams))
+        # The strength is positive only when more than half of the grams occur, so stop at the
+        # first miss that rules that out: most passages of a pool echo nothing.
+        allowed = len(grams) - (len(grams) // 2 + 1)
+        found = missed = 0
+        for gram in grams:
+            if gram in padded:
+                found += 1
+            else:
+                missed += 1
+                if missed > allowed:
+                    return 0.0
         return self._scale * max(0.0, (found / len(grams) - 0.5) / 0.5)
 
 

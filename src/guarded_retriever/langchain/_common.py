@@ -63,6 +63,17 @@ def resolve_namespace(
     return key
 
 
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
+def _copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy, so a caller mutating a returned document cannot reach the index's copy; flat
+    metadata of immutable values (the usual kind) needs only a new dict, and deepcopy is slow."""
+    if all(type(v) in _ATOMS for v in metadata.values()):
+        return dict(metadata)
+    return copy.deepcopy(dict(metadata))
+
+
 def hit_document(
     hit: Hit,
     *,
@@ -76,7 +87,7 @@ def hit_document(
     ``guard_key`` one entry under that key with the per-signal scores, reasons and provenance.
     Without either the metadata is exactly the user's, as a vector store must return it.
     """
-    metadata = copy.deepcopy(dict(hit.metadata))
+    metadata = _copy_metadata(hit.metadata)
     if score:
         metadata["score"] = hit.fused
     if guard_key is not None:

@@ -34,6 +34,32 @@ from ._stores import Nomination, StoreProfile, StoreSide
 __all__ = ["GuardedContract", "GuardedRetriever"]
 
 
+def _events(result: SearchResult, nomination: Nomination | None) -> list[tuple[str, dict[str, Any]]]:
+    return events_for(result, foreign=nomination.foreign if nomination else None)
+
+
+def _report(
+    result: SearchResult,
+    nomination: Nomination | None,
+    run_manager: CallbackManagerForRetrieverRun | CallbackManagerForChainRun,
+) -> None:
+    # get_child() builds a callback manager: only worth it when there is something to report,
+    # which most queries do not have.
+    events = _events(result, nomination)
+    if events:
+        emit(events, run_manager.get_child())
+
+
+async def _areport(
+    result: SearchResult,
+    nomination: Nomination | None,
+    run_manager: AsyncCallbackManagerForRetrieverRun | AsyncCallbackManagerForChainRun,
+) -> None:
+    events = _events(result, nomination)
+    if events:
+        await aemit(events, run_manager.get_child())
+
+
 class GuardedRetriever(BaseRetriever):
     """Guarded hybrid retrieval (BM25 + dense, provenance, poison quarantine) inside one namespace.
 
@@ -166,10 +192,7 @@ class GuardedRetriever(BaseRetriever):
         """Guarded search; ``k`` and ``namespace`` are the per-call overrides ``invoke`` passes."""
         key, k = self._request(k, namespace)
         result, nomination = self._search.run(query, key, k)
-        emit(
-            events_for(result, foreign=nomination.foreign if nomination else None),
-            run_manager.get_child(),
-        )
+        _report(result, nomination, run_manager)
         return self._documents(result, nomination)
 
     @override
@@ -183,10 +206,7 @@ class GuardedRetriever(BaseRetriever):
     ) -> list[Document]:
         key, k = self._request(k, namespace)
         result, nomination = await self._search.arun(query, key, k)
-        await aemit(
-            events_for(result, foreign=nomination.foreign if nomination else None),
-            run_manager.get_child(),
-        )
+        await _areport(result, nomination, run_manager)
         return self._documents(result, nomination)
 
 
@@ -235,10 +255,7 @@ class GuardedContract(RunnableSerializable[str, Any]):
     ) -> Any:
         key, k = self.retriever._request(k, namespace)
         result, nomination = self.retriever._search.run(query, key, k)
-        emit(
-            events_for(result, foreign=nomination.foreign if nomination else None),
-            run_manager.get_child(),
-        )
+        _report(result, nomination, run_manager)
         return self._render(result)
 
     async def _acontract(
@@ -250,10 +267,7 @@ class GuardedContract(RunnableSerializable[str, Any]):
     ) -> Any:
         key, k = self.retriever._request(k, namespace)
         result, nomination = await self.retriever._search.arun(query, key, k)
-        await aemit(
-            events_for(result, foreign=nomination.foreign if nomination else None),
-            run_manager.get_child(),
-        )
+        await _areport(result, nomination, run_manager)
         return self._render(result)
 
     @override

@@ -363,15 +363,20 @@ class GuardedRetriever(BaseRetriever):
 
     def _nodes(self, result: SearchResult) -> list[NodeWithScore]:
         shelf = self._stores.shelves.get(result.namespace)
+        given = shelf.nodes if shelf is not None else {}
+        key = self.metadata_key
         out = []
         for hit in result.kept:
-            node = shelf.nodes.get(hit.id) if shelf is not None else None
-            if node is None or guarded_text(node) != hit.text:
-                # Ingested through the core directly, or replaced there since: the core's text is
-                # what the guard judged, so it is what goes out.
-                node = node_from_hit(hit)
-            out.append(NodeWithScore(node=guarded_copy(node, hit, self.metadata_key),
-                                     score=hit.fused))
+            node = given.get(hit.id)
+            # Plain nodes are not shelved (the core's row rebuilds them), nor are documents
+            # ingested through the core directly. A shelved node whose text the core no longer
+            # has was replaced there since: the core's text is what the guard judged, so it is
+            # what goes out.
+            if node is not None and guarded_text(node) == hit.text:
+                rebuilt = guarded_copy(node, hit, key)
+            else:
+                rebuilt = node_from_hit(hit, key)
+            out.append(NodeWithScore(node=rebuilt, score=hit.fused))
         return out
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

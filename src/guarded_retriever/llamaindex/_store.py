@@ -47,7 +47,7 @@ from llama_index.core.vector_stores.types import (
 from .. import ConfigError, GuardDocument, GuardedIndex, IngestReport, Namespace, SearchResult
 from .._incident import RevocationReport
 from .._rwlock import lock_for
-from ._nodes import guarded_text
+from ._nodes import guarded_text, is_plain
 
 __all__ = ["STORE_ID_KEY", "GuardedStores", "Nominated", "store_id"]
 
@@ -103,7 +103,8 @@ class _Shelf:
     """What the adapter holds for one namespace besides the core's rows."""
 
     nodes: dict[str, BaseNode] = field(default_factory=dict)
-    """The nodes as given (without embeddings), so hits come back with their relationships."""
+    """The nodes as given (without embeddings) that the core's rows cannot rebuild, so hits come
+    back with their relationships, templates and classes; plain ``TextNode`` objects are not kept."""
     in_store: dict[str, str] = field(default_factory=dict)
     """Store id → node id of every copy in the base vector store: the fence for nominations."""
     in_quarantine: set[str] = field(default_factory=set)
@@ -254,8 +255,11 @@ class GuardedStores:
             sid = store_id(key, doc_id)
             verdict = quarantined.get(doc_id)
             if verdict is None:
-                shelf.nodes[doc_id] = node.model_copy(
-                    update={"embedding": None, "metadata": dict(node.metadata)})
+                if is_plain(node):
+                    shelf.nodes.pop(doc_id, None)  # the core's row rebuilds it exactly
+                else:
+                    shelf.nodes[doc_id] = node.model_copy(
+                        update={"embedding": None, "metadata": dict(node.metadata)})
                 if doc_id in shelf.in_quarantine:
                     shelf.in_quarantine.discard(doc_id)
                     writes.drop_quarantine.append(sid)
