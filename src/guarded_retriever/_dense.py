@@ -93,7 +93,8 @@ def check_query_vector(vector: Any, dim: int | None) -> np.ndarray:
         if np.isfinite(norm) and norm >= _NORM_FLOOR:
             out: np.ndarray = row / norm
             return out
-    return check_vectors(arr.reshape(1, -1), dim, 1)[0]
+    checked: np.ndarray = check_vectors(arr.reshape(1, -1), dim, 1)[0]
+    return checked
 
 
 class DenseShard:

@@ -452,8 +452,9 @@ class GuardedIndex:
         quarantined: list[Hit] = []
         alerts: list[str] = []
         retrieve_rows: list[int] = []
-        fused_rows: list[int] = []
-        kept_rows: list[int] = []
+        pool_vectors = np.zeros((0, len(qvec)), np.float32)
+        n_fused = 0
+        kept_at: list[int] = []  # positions in the pool
         dropped: list[str] = []
         violations = 0
         norm: tuple[float, float, float] = (0.0, 0.0, 1.0)
@@ -463,10 +464,11 @@ class GuardedIndex:
             fused = self._fuse(shard, cands)
             norm = cands.normalisers()
             order = np.lexsort((cands.rows, -fused))  # positions in ``cands``, best first
-            fused_rows = cands.rows[order[:k]].tolist()
+            n_fused = min(k, len(order))  # the fused top-k is the head of the pool
             pool = order[: k + cfg.guard_pool].tolist()
             pool_rows = cands.rows[pool].tolist()
-            final_poison, reasons, feats = self._guard(shard, pool_rows, qc, qtokens)
+            pool_vectors = shard.dense.vectors[pool_rows]  # gathered once: the guard and ΔS read it
+            verdicts = self._guard(shard, pool_rows, pool_vectors, qc, qtokens)
             tau = cfg.tau
             fused_at = fused.tolist()
             rows = shard.rows
@@ -474,36 +476,35 @@ class GuardedIndex:
             # mostly measure topicality (the relevant passages of a query resemble each other),
             # and penalising that would cost clean ranking quality for no protection. So the
             # survivors keep the pool's order.
-            for i, r in zip(pool, pool_rows, strict=True):
+            for j, (i, r, (p, why, feats)) in enumerate(zip(pool, pool_rows, verdicts, strict=True)):
                 row = rows[r]
                 if revoked and row.content_hash in revoked:
                     continue
-                p = final_poison[r]
                 if p >= tau:
                     self.stats["quarantined_at_query"] += 1
-                    quarantined.append(self._hit(row, cands, i, fused_at[i], p, reasons[r], "query", feats[r]))
+                    quarantined.append(self._hit(row, cands, i, fused_at[i], p, why, "query", feats))
                 elif len(kept) < k:
                     if row.namespace != key:  # defence in depth: shards are per namespace already
                         violations += 1
                         dropped.append(row.id)
                         self._violation(key, row)
                         continue
-                    kept.append(self._hit(row, cands, i, fused_at[i], p, reasons[r], None, feats[r]))
-                    kept_rows.append(r)
+                    kept.append(self._hit(row, cands, i, fused_at[i], p, why, None, feats))
+                    kept_at.append(j)
             top = pool_rows[0]
             if rows[top].provenance < cfg.low_provenance_alert:
                 alerts.append("low_provenance_top")
-            if final_poison[top] >= tau:
+            if verdicts[0][0] >= tau:
                 alerts.append("top_candidate_quarantined")
         if qshard is not None and len(qshard):
             quarantined.extend(self._withheld(qshard, key, qtokens, qvec, k, kept, norm, revoked))
         if violations:
             self.stats["namespace_violations"] += violations
-        vectors = shard.dense.vectors if shard is not None else np.zeros((0, len(qvec)), np.float32)
+        vectors = shard.dense.vectors if shard is not None else pool_vectors
         stages = {
             "retrieve": delta_s(qvec, vectors[retrieve_rows]),
-            "fuse": delta_s(qvec, vectors[fused_rows]),
-            "quarantine": delta_s(qvec, vectors[kept_rows]),
+            "fuse": delta_s(qvec, pool_vectors[:n_fused]),
+            "quarantine": delta_s(qvec, pool_vectors[kept_at]),
         }
         state = lambda_state(stages["retrieve"], stages["fuse"], stages["quarantine"], has_context=bool(kept))
         result = SearchResult(query, key, kept, quarantined, stages, state, alerts, violations, dropped)
@@ -535,30 +536,29 @@ class GuardedIndex:
                                     alpha=w.alpha, beta=w.beta, gamma=w.gamma, delta=w.delta)
 
     def _guard(
-        self, shard: Shard, pool: Sequence[int], qc: str, qtokens: Sequence[str]
-    ) -> tuple[dict[int, float], dict[int, tuple[str, ...]], dict[int, tuple[float, ...]]]:
-        """Re-score the pool with the query-time features; ``(poison, reasons, features)`` per row."""
-        vectors = shard.dense.vectors[pool]
+        self, shard: Shard, pool: Sequence[int], vectors: np.ndarray, qc: str, qtokens: Sequence[str]
+    ) -> list[tuple[float, tuple[str, ...], tuple[float, ...]]]:
+        """Re-score the pool (its rows and their vectors) with the query-time features;
+        ``(poison, reasons, features)`` for each pool row, in pool order."""
+        rows = shard.rows
         cluster = paraphrase_cluster(vectors, self.config.paraphrase_cosine).tolist()
-        poison: dict[int, float] = {}
-        reasons: dict[int, tuple[str, ...]] = {}
-        feats: dict[int, tuple[float, ...]] = {}
-        model = self.model
         echo_of = EchoScorer(qc, qtokens)
-        for i, r in enumerate(pool):
-            row = shard.rows[r]
+        score = self.model.score
+        verdicts = []
+        for r, near in zip(pool, cluster, strict=True):
+            row = rows[r]
             echo = echo_of(row.canonical)
-            if echo == 0.0 and cluster[i] == 0.0:  # nothing query-specific: the ingest verdict stands
-                poison[r], reasons[r], feats[r] = row.poison, row.reasons, row.features
+            if echo == 0.0 and near == 0.0:  # nothing query-specific: the ingest verdict stands
+                verdicts.append((row.poison, row.reasons, row.features))
                 continue
             features = list(row.features)
             features[_ECHO] = echo
-            features[_CLUSTER] = cluster[i]
-            p, why = model.score(features)
+            features[_CLUSTER] = near
+            p, why = score(features)
             if p < row.poison:  # a judge's verdict at ingest is never lowered at query time
                 p, why = row.poison, row.reasons
-            poison[r], reasons[r], feats[r] = round(p, 6), why, tuple(features)
-        return poison, reasons, feats
+            verdicts.append((round(p, 6), why, tuple(features)))
+        return verdicts
 
     def _hit(self, row: Row, cands: _Candidates, i: int, fused: float, poison: float,
              reasons: tuple[str, ...], stage: str | None, features: tuple[float, ...] | None = None) -> Hit:
