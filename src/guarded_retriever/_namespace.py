@@ -82,9 +82,9 @@ class NamespaceSchema:
         if isinstance(value, Mapping) and len(value) == len(self.keys):
             # Exactly the schema's keys with string values: as a (not yet validated) Namespace it
             # is hashable, and the cache validates it like any other.
-            items = tuple((k, value.get(k)) for k in self.keys)
-            if all(type(v) is str for _, v in items):
-                return _parse_hashable(self, Namespace(items))
+            values = [value.get(k) for k in self.keys]
+            if all(type(v) is str for v in values):
+                return _parse_hashable(self, Namespace(tuple(zip(self.keys, values, strict=True))))
         return self._parse(value)
 
     def _parse(self, value: Namespace | Mapping[str, Any] | str | None) -> Namespace:
