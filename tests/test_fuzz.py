@@ -271,6 +271,32 @@ def test_extreme_but_finite_vectors_are_normalised_not_zeroed() -> None:
         check_vectors(np.ones((1, 4)) + 1j, 4, 1)  # the imaginary part was silently dropped
 
 
+query_floats = st.one_of(
+    st.floats(width=32),  # NaN, inf and subnormals included
+    st.floats(min_value=-1.0, max_value=1.0),
+    st.sampled_from([0.0, 1e-44, 3e38, -3e38]),
+)
+
+
+@given(values=st.lists(query_floats, min_size=1, max_size=6), as_list=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_the_query_vector_fast_path_is_check_vectors_bit_for_bit(values, as_list, dtype) -> None:
+    from guarded_retriever._dense import check_query_vector, check_vectors
+
+    given_vector: Any = values if as_list else np.asarray(values, dtype=dtype)
+    try:
+        expected = check_vectors(np.asarray(given_vector).reshape(1, -1), len(values), 1)[0]
+    except gr.EmbeddingError:
+        with pytest.raises(gr.EmbeddingError):
+            check_query_vector(given_vector, len(values))
+        return
+    got = check_query_vector(given_vector, len(values))
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(gr.EmbeddingError):
+        check_query_vector(given_vector, len(values) + 1)
+
+
 # -- manifests ----------------------------------------------------------------------------------
 
 json_values = st.recursive(

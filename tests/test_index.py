@@ -72,6 +72,46 @@ def test_requests_without_a_valid_namespace_fail_closed(bad):
         index.search("reset password", namespace=bad, k=3)
 
 
+class _Collider(str):
+    """A str that claims to equal, and hashes like, another tenant's key."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash(gr.Namespace.of(**NS_B).key)
+
+
+class _MappingCollider(dict):
+    pass
+
+
+def test_the_namespace_parse_cache_cannot_be_collided_into():
+    index = build()
+    key_b = gr.Namespace.of(**NS_B).key
+    assert index.search("parental leave", namespace=key_b, k=3).kept  # B's key is now cached
+    with pytest.raises(gr.NamespaceError):
+        index.search("parental leave", namespace=_Collider("not a namespace"), k=3)
+    # A value of a str subclass is validated, never looked up: it cannot alias B's entry.
+    with pytest.raises(gr.NamespaceError):
+        index.search("parental leave", namespace={**NS_A, "tenant_id": _Collider("a b")}, k=3)
+    result = index.search("parental leave", namespace=_MappingCollider(NS_A), k=3)
+    assert {h.id for h in result.kept} <= {d for d, _ in A_DOCS}
+
+
+def test_a_namespace_parses_to_the_same_value_cached_or_not():
+    schema = gr.GuardedIndex(gr.HashingEmbedder()).pipeline.schema
+    for value in (NS_A, gr.Namespace.of(**NS_A), gr.Namespace.of(**NS_A).key):
+        for _ in range(2):
+            ns = schema.parse(value)
+            assert ns == schema._parse(value) and ns.key == schema._parse(value).key
+            assert ns.key == "tenant_id=acme|product_id=kb|env=prod"
+    forged = gr.Namespace((("tenant_id", "ac me"), ("product_id", "kb"), ("env", "prod")))
+    for _ in range(2):  # a refusal is never cached into an acceptance
+        with pytest.raises(gr.NamespaceError):
+            schema.parse(forged)
+
+
 def test_unknown_namespace_is_empty_not_an_error():
     index = build()
     result = index.search("reset", namespace={**NS_A, "tenant_id": "initech"}, k=3)

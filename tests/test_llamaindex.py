@@ -423,6 +423,27 @@ def test_returned_nodes_are_copies_with_their_relationships():
     assert GUARD_METADATA_KEY not in given_node.metadata and given_node.embedding is None
 
 
+def test_only_nodes_the_core_cannot_rebuild_are_held_by_the_adapter():
+    a = build(k=4)
+    plain = TextNode(id_="a-printer", text="Acme printers are on every floor.", metadata={"floor": "all"})
+    templated = TextNode(id_="a-toner", text="Acme printer toner is in the supply room.",
+                         metadata_template="{key} = {value}")
+    a.add_nodes([plain, templated])
+    shelf = a._stores.shelves[a.namespace]
+    assert "a-printer" not in shelf.nodes and "a-toner" in shelf.nodes
+    assert not any(n in shelf.nodes for n in A_IDS)  # build()'s nodes are plain too
+    found = {n.node_id: n.node for n in a.retrieve("Acme printer toner floor")}
+    assert found["a-toner"].metadata_template == "{key} = {value}"
+    rebuilt = found["a-printer"]
+    assert type(rebuilt) is TextNode and rebuilt.text == plain.text
+    assert rebuilt.metadata["floor"] == "all" and rebuilt.relationships == {}
+    assert rebuilt.excluded_llm_metadata_keys == [GUARD_METADATA_KEY]
+    # A held node replaced through the core directly goes out with the core's text.
+    a.index.add([("a-toner", "Acme toner moved to the second floor.")], namespace=NS_A)
+    (moved,) = [n.node for n in a.retrieve("toner second floor") if n.node_id == "a-toner"]
+    assert moved.text == "Acme toner moved to the second floor." and moved.metadata_template != "{key} = {value}"
+
+
 def test_a_custom_key_or_none_for_hash_based_fusion():
     custom = build(k=2, metadata_key="guard")
     (node, *_) = custom.retrieve("reset password")

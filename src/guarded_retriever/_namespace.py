@@ -77,14 +77,16 @@ class NamespaceSchema:
         Raises:
             NamespaceError: if any key is missing, extra, or has an invalid value.
         """
-        if isinstance(value, (str, Namespace)):  # hashable: every request parses one, so cache it
+        # Every request parses one, so hashable values go through a cache. Exact types only: a
+        # subclass could define __eq__ and __hash__ to collide with another tenant's cached entry.
+        if type(value) is str or type(value) is Namespace:
             return _parse_hashable(self, value)
         if isinstance(value, Mapping) and len(value) == len(self.keys):
-            # Exactly the schema's keys with string values: as a (not yet validated) Namespace it
-            # is hashable, and the cache validates it like any other.
-            values = [value.get(k) for k in self.keys]
-            if all(type(v) is str for v in values):
-                return _parse_hashable(self, Namespace(tuple(zip(self.keys, values, strict=True))))
+            # Exactly the schema's keys with str values: as a (not yet validated) Namespace it is
+            # hashable, and the cache validates it like any other.
+            items = tuple((k, v) for k in self.keys if type(v := value.get(k)) is str)
+            if len(items) == len(self.keys):
+                return _parse_hashable(self, Namespace(items))
         return self._parse(value)
 
     def _parse(self, value: Namespace | Mapping[str, Any] | str | None) -> Namespace:
