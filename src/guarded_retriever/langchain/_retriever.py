@@ -43,10 +43,10 @@ def _report(
     nomination: Nomination | None,
     run_manager: CallbackManagerForRetrieverRun | CallbackManagerForChainRun,
 ) -> None:
-    # get_child() builds a callback manager: only worth it when there is something to report,
-    # which most queries do not have.
-    events = _events(result, nomination)
-    if events:
+    # The events go to the child run, whose handlers are this run's inheritable ones: with none
+    # (no tracer, no astream_events, no callbacks) nobody can observe them, and building the
+    # child manager and dispatching cost more than the rest of the face.
+    if run_manager.inheritable_handlers and (events := _events(result, nomination)):
         emit(events, run_manager.get_child())
 
 
@@ -55,8 +55,7 @@ async def _areport(
     nomination: Nomination | None,
     run_manager: AsyncCallbackManagerForRetrieverRun | AsyncCallbackManagerForChainRun,
 ) -> None:
-    events = _events(result, nomination)
-    if events:
+    if run_manager.inheritable_handlers and (events := _events(result, nomination)):
         await aemit(events, run_manager.get_child())
 
 

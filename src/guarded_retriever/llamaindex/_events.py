@@ -12,12 +12,16 @@ Events are sent only when something was withheld, so a clean query costs no inst
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import llama_index.core.instrumentation as instrument
 from llama_index.core.instrumentation.events import BaseEvent
 
 from .. import SearchResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    # llama_index.core re-exports the dispatcher module without declaring the class.
+    from llama_index_instrumentation.dispatcher import Dispatcher
 
 __all__ = ["NamespaceViolationEvent", "QuarantineEvent", "emit_guard_events"]
 
@@ -62,8 +66,24 @@ class NamespaceViolationEvent(BaseEvent):
         return "GuardedRetrieverNamespaceViolationEvent"
 
 
+def _observed() -> bool:
+    """Whether any handler would see an event of ours (the dispatcher walks the same chain)."""
+    node: Dispatcher | None = dispatcher
+    while node is not None:
+        if node.event_handlers:
+            return True
+        node = node.parent if node.propagate else None
+    return False
+
+
 def emit_guard_events(result: SearchResult, source: Source, blocked: Sequence[str] = ()) -> None:
-    """Send the events ``result`` calls for; ``blocked`` names the adapter's own dropped nodes."""
+    """Send the events ``result`` calls for; ``blocked`` names the adapter's own dropped nodes.
+
+    Nothing is built when no handler listens: the events are pydantic models, and most queries
+    of a guarded index have some quarantined candidate to report.
+    """
+    if not _observed():
+        return
     if result.quarantined:
         dispatcher.event(QuarantineEvent(
             source=source, namespace=result.namespace, query=result.query,
