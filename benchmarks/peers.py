@@ -34,9 +34,10 @@ another stack") finds the CPU caches as another stack left them (after EnsembleR
 query, nothing of ours is cached), the second ("repeated") finds its own working set cached, as in
 a loop serving queries. Both are reported, and the targets are checked on both.
 
-Build time is construction plus the first query (lazy index builds included). Peak RSS cannot be told apart inside one process, so each stack
-is built and queried again in its own child process (``--rss-only STACK``), which loads the same
-cached data the same way and reports its ``VmHWM``.
+Build time is construction plus the first query (lazy index builds included). Peak RSS cannot
+be told apart inside one process, so each stack is built and queried again in its own child
+process (``--rss-only STACK``), which loads the same cached data the same way and reports its
+``VmHWM``.
 
 Also: the guard's per-query cost by step (``GuardedIndex.search`` with timing wrappers installed
 by this script only), ingest throughput (``ingest_throughput.py``), and save / load of a signed
