@@ -243,25 +243,25 @@ class BM25Shard:
             acc[touched] = 0.0
             seen[touched] = False
 
-    def contains(self, terms: Iterable[str], rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Per distinct term: which of ``rows`` (live rows, in any order) contain it.
+    def contains(self, terms: Iterable[str], rows: Sequence[int]) -> dict[str, np.ndarray]:
+        """Per distinct term: which of ``rows`` contain it (one bool per row, in order).
 
-        One binary search per row in the term's postings (sorted by row), which a query has just
-        read: far cheaper than fetching the rows' texts.
+        Read from the rows' own term lists, a few hundred ids each, in one vectorised compare:
+        a binary search of each row in a frequent term's postings (which span most of a large
+        shard) costs a cache miss per step.
         """
-        if self._dirty:
-            self._rebuild()
-        vocab, indptr, postings = self._vocab, self._indptr, self._postings
-        out: dict[str, np.ndarray] = {}
-        for term in set(terms):
-            i = vocab.get(term)
-            seg = postings[int(indptr[i]):int(indptr[i + 1])] if i is not None else postings[:0]
-            if not len(seg):
-                out[term] = np.zeros(len(rows), dtype=bool)
-                continue
-            at = np.minimum(np.searchsorted(seg, rows), len(seg) - 1)
-            out[term] = seg[at] == rows
-        return out
+        ids = {t: self._vocab.get(t) for t in set(terms)}
+        known = [i for i in ids.values() if i is not None]
+        if not known or not len(rows):
+            return {t: np.zeros(len(rows), dtype=bool) for t in ids}
+        lists = [self._doc_terms[r][0] for r in rows]
+        owner = np.repeat(np.arange(len(lists)), [len(a) for a in lists])
+        column = {i: j for j, i in enumerate(dict.fromkeys(known))}
+        at, which = np.nonzero(np.concatenate(lists)[:, None] == np.fromiter(column, np.int32, len(column)))
+        matched = np.zeros((len(lists), len(column)), dtype=bool)  # matched[r, j]: row r holds term j
+        matched[owner[at], which] = True
+        none = np.zeros(len(rows), dtype=bool)
+        return {t: (matched[:, column[i]] if i is not None else none) for t, i in ids.items()}
 
     def top(self, query_tokens: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(rows, scores)`` by descending score; only rows with a positive score."""

@@ -552,7 +552,7 @@ class GuardedIndex:
         cluster = paraphrase_cluster(vectors, self.config.paraphrase_cosine).tolist()
         echo_of = EchoScorer(qc, qtokens)
         at = np.asarray(pool, dtype=np.int32)
-        possible = echo_of.possible(shard.bm25.contains(echo_of.tokens, at), len(at)).tolist()
+        possible = echo_of.possible(shard.bm25.contains(echo_of.tokens, pool), len(pool)).tolist()
         ingest_poison = shard.priors(at)[1].tolist()
         rows = shard.rows
         score = self.model.score
