@@ -43,24 +43,6 @@ def test_bm25_scores_match_rank_bm25(seed, k1, b):
         np.testing.assert_allclose(top_scores, np.sort(positive)[::-1][:10], rtol=1e-5)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_bm25_contains_is_each_rows_own_tokens(seed):
-    rng = random.Random(seed)
-    vocab = [f"w{i}" for i in range(30)]
-    docs = [[rng.choice(vocab) for _ in range(rng.randint(0, 12))] for _ in range(200)]
-    shard = BM25Shard()
-    for d in docs:
-        shard.add(d)
-    shard.remove(7)  # a dead row keeps its own term list
-    for _ in range(20):
-        rows = rng.sample(range(len(docs)), rng.randint(0, 40))
-        terms = [rng.choice([*vocab, "never"]) for _ in range(rng.randint(1, 6))]
-        got = shard.contains(terms, rows)
-        assert set(got) == set(terms)
-        for t in terms:
-            assert got[t].tolist() == [t in docs[r] for r in rows]
-
-
 def test_bm25_removed_rows_leave_the_statistics():
     docs = corpus(9, 50)
     shard = BM25Shard()

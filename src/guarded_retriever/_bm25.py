@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import pairwise
 
@@ -242,26 +242,6 @@ class BM25Shard:
             touched = np.concatenate(parts) if parts else extra
             acc[touched] = 0.0
             seen[touched] = False
-
-    def contains(self, terms: Iterable[str], rows: Sequence[int]) -> dict[str, np.ndarray]:
-        """Per distinct term: which of ``rows`` contain it (one bool per row, in order).
-
-        Read from the rows' own term lists, a few hundred ids each, in one vectorised compare:
-        a binary search of each row in a frequent term's postings (which span most of a large
-        shard) costs a cache miss per step.
-        """
-        ids = {t: self._vocab.get(t) for t in set(terms)}
-        known = [i for i in ids.values() if i is not None]
-        if not known or not len(rows):
-            return {t: np.zeros(len(rows), dtype=bool) for t in ids}
-        lists = [self._doc_terms[r][0] for r in rows]
-        owner = np.repeat(np.arange(len(lists)), [len(a) for a in lists])
-        column = {i: j for j, i in enumerate(dict.fromkeys(known))}
-        at, which = np.nonzero(np.concatenate(lists)[:, None] == np.fromiter(column, np.int32, len(column)))
-        matched = np.zeros((len(lists), len(column)), dtype=bool)  # matched[r, j]: row r holds term j
-        matched[owner[at], which] = True
-        none = np.zeros(len(rows), dtype=bool)
-        return {t: (matched[:, column[i]] if i is not None else none) for t, i in ids.items()}
 
     def top(self, query_tokens: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(rows, scores)`` by descending score; only rows with a positive score."""

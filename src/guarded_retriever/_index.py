@@ -477,22 +477,19 @@ class GuardedIndex:
             # and penalising that would cost clean ranking quality for no protection. So the
             # survivors keep the pool's order.
             for j, (i, r, (p, why, feats)) in enumerate(zip(pool, pool_rows, verdicts, strict=True)):
-                if p < tau and len(kept) >= k:
-                    continue  # neither kept nor quarantined: its record is never read
                 row = rows[r]
                 if revoked and row.content_hash in revoked:
                     continue
-                reasons = row.reasons if why is None else why
                 if p >= tau:
                     self.stats["quarantined_at_query"] += 1
-                    quarantined.append(self._hit(row, cands, i, fused_at[i], p, reasons, "query", feats))
-                else:
+                    quarantined.append(self._hit(row, cands, i, fused_at[i], p, why, "query", feats))
+                elif len(kept) < k:
                     if row.namespace != key:  # defence in depth: shards are per namespace already
                         violations += 1
                         dropped.append(row.id)
                         self._violation(key, row)
                         continue
-                    kept.append(self._hit(row, cands, i, fused_at[i], p, reasons, None, feats))
+                    kept.append(self._hit(row, cands, i, fused_at[i], p, why, None, feats))
                     kept_at.append(j)
             top = pool_rows[0]
             if rows[top].provenance < cfg.low_provenance_alert:
@@ -540,29 +537,20 @@ class GuardedIndex:
 
     def _guard(
         self, shard: Shard, pool: Sequence[int], vectors: np.ndarray, qc: str, qtokens: Sequence[str]
-    ) -> list[tuple[float, tuple[str, ...] | None, tuple[float, ...] | None]]:
+    ) -> list[tuple[float, tuple[str, ...], tuple[float, ...]]]:
         """Re-score the pool (its rows and their vectors) with the query-time features;
-        ``(poison, reasons, features)`` for each pool row, in pool order, where ``None`` reasons
-        and features mean the ingest verdict stands (the row's own, read when a hit is built).
-
-        A row whose passage cannot echo the query (see ``EchoScorer.possible``) and has no
-        paraphrase neighbour keeps its ingest score without its text or record being read: on a
-        large shard each of those reads is a cache miss, and most pool rows are such rows.
-        """
+        ``(poison, reasons, features)`` for each pool row, in pool order."""
+        rows = shard.rows
         cluster = paraphrase_cluster(vectors, self.config.paraphrase_cosine).tolist()
         echo_of = EchoScorer(qc, qtokens)
-        at = np.asarray(pool, dtype=np.int32)
-        possible = echo_of.possible(shard.bm25.contains(echo_of.tokens, pool), len(pool)).tolist()
-        ingest_poison = shard.priors(at)[1].tolist()
-        rows = shard.rows
         score = self.model.score
-        verdicts: list[tuple[float, tuple[str, ...] | None, tuple[float, ...] | None]] = []
-        for r, near, maybe, p0 in zip(pool, cluster, possible, ingest_poison, strict=True):
-            echo = echo_of(rows[r].canonical) if maybe else 0.0
-            if echo == 0.0 and near == 0.0:  # nothing query-specific: the ingest verdict stands
-                verdicts.append((p0, None, None))
-                continue
+        verdicts = []
+        for r, near in zip(pool, cluster, strict=True):
             row = rows[r]
+            echo = echo_of(row.canonical)
+            if echo == 0.0 and near == 0.0:  # nothing query-specific: the ingest verdict stands
+                verdicts.append((row.poison, row.reasons, row.features))
+                continue
             features = list(row.features)
             features[_ECHO] = echo
             features[_CLUSTER] = near

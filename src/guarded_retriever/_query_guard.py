@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,44 +28,16 @@ _MIN_QUERY_TOKENS = 4
 class EchoScorer:
     """``query_echo`` for one query against many passages; the query's 3-grams are built once."""
 
-    __slots__ = ("_grams", "_query", "_scale", "_tokens")
+    __slots__ = ("_grams", "_query", "_scale")
 
     def __init__(self, query_canonical: str, query_tokens: Sequence[str]) -> None:
         self._query = query_canonical
-        t = self._tokens = list(query_tokens)
+        t = query_tokens
         self._grams = (
             [f" {t[i]} {t[i + 1]} {t[i + 2]} " for i in range(len(t) - 2)]
             if len(t) >= _MIN_QUERY_TOKENS else []
         )
         self._scale = min(1.0, (len(t) - _MIN_QUERY_TOKENS + 1) / 4)
-
-    @property
-    def tokens(self) -> list[str]:
-        """The query's tokens (what :meth:`possible` needs to know about each passage)."""
-        return self._tokens
-
-    def possible(self, contains: Mapping[str, np.ndarray], n: int) -> np.ndarray:
-        """Which of ``n`` passages can echo at all, from which query tokens each contains
-        (``contains``: token → one bool per passage, as ``BM25Shard.contains`` gives); the rest
-        score 0 for sure.
-
-        Exact, not a heuristic: a gram ``" a b c "`` occurs only where ``a``, ``b`` and ``c`` are
-        whole tokens of the passage, and a passage containing the whole query contains its inner
-        tokens as whole tokens (its first and last may be parts of longer words, so they are not
-        required). Passages of a pool mostly share a few query terms, not the query.
-        """
-        grams = self._grams
-        t = self._tokens
-        if not grams:
-            return np.zeros(n, dtype=bool)
-        inner = np.ones(n, dtype=bool)
-        for token in t[1:-1]:
-            inner &= contains[token]
-        whole = np.zeros(n, dtype=np.int64)
-        for i in range(len(grams)):
-            whole += contains[t[i]] & contains[t[i + 1]] & contains[t[i + 2]]
-        result: np.ndarray = inner | (whole >= len(grams) // 2 + 1)
-        return result
 
     def __call__(self, passage_canonical: str) -> float:
         """How verbatim the passage repeats the query, in [0, 1]."""
