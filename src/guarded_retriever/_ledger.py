@@ -345,7 +345,7 @@ class Ledger:
             return
         now = time.time()
         try:
-            self._refuse_frozen_or_revoked(conn, namespace, records, manifest)
+            self._refuse_frozen_or_revoked(namespace, records, manifest)
             if manifest is not None:
                 self._execute(conn, self._d.insert_manifest,
                               (manifest.manifest_id, manifest.signer, manifest.source_type,
@@ -368,9 +368,10 @@ class Ledger:
         except self._d.errors as exc:
             raise LedgerError(f"cannot record batch {batch_id}: {exc}") from exc
 
-    def _refuse_frozen_or_revoked(self, conn: LedgerConnection, namespace: str, records: Sequence[LedgerRecord],
+    def _refuse_frozen_or_revoked(self, namespace: str, records: Sequence[LedgerRecord],
                                   manifest: ManifestRecord | None) -> None:
-        if self._execute(conn, "SELECT 1 FROM frozen WHERE namespace = ?", (namespace,)).fetchone() is not None:
+        # Called inside the batch's transaction: every read below goes to its connection.
+        if self.is_frozen(namespace):
             raise NamespaceFrozenError(f"namespace {namespace!r} is frozen")
         if manifest is not None and manifest.manifest_id in self.revoked("manifest"):
             raise RevokedContentError(f"manifest {manifest.manifest_id} has been revoked")

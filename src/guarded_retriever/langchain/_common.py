@@ -22,6 +22,7 @@ __all__ = [
     "GuardedSearch",
     "NamespaceLike",
     "bind_namespace",
+    "copy_metadata",
     "hit_document",
     "resolve_namespace",
 ]
@@ -66,9 +67,10 @@ def resolve_namespace(
 _ATOMS = frozenset({str, int, float, bool, type(None)})
 
 
-def _copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy, so a caller mutating a returned document cannot reach the index's copy; flat
-    metadata of immutable values (the usual kind) needs only a new dict, and deepcopy is slow."""
+def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy, so that neither the caller's documents nor the index's copy can change the
+    other later; flat metadata of immutable values (the usual kind) needs only a new dict, and
+    deepcopy is slow."""
     if all(type(v) in _ATOMS for v in metadata.values()):
         return dict(metadata)
     return copy.deepcopy(dict(metadata))
@@ -87,7 +89,7 @@ def hit_document(
     ``guard_key`` one entry under that key with the per-signal scores, reasons and provenance.
     Without either the metadata is exactly the user's, as a vector store must return it.
     """
-    metadata = _copy_metadata(hit.metadata)
+    metadata = copy_metadata(hit.metadata)
     if score:
         metadata["score"] = hit.fused
     if guard_key is not None:

@@ -23,7 +23,7 @@ from .._ingest import GuardDocument
 from .._ledger import Ledger
 from .._manifest import ManifestSigner
 from .._policy import TrustPolicy
-from ._common import GuardedSearch, NamespaceLike, bind_namespace, hit_document, resolve_namespace
+from ._common import GuardedSearch, NamespaceLike, bind_namespace, copy_metadata, hit_document, resolve_namespace
 from ._retriever import GuardedRetriever
 from ._stores import StoreProfile, StoreSide, store_id
 
@@ -233,7 +233,7 @@ class GuardedVectorStore(VectorStore):
             GuardDocument(
                 str(i) if i is not None else str(uuid.uuid4()),
                 d.page_content,
-                copy.deepcopy(d.metadata),
+                copy_metadata(d.metadata),
             )
             for i, d in zip(ids, documents, strict=True)
         ]
@@ -335,7 +335,7 @@ class GuardedVectorStore(VectorStore):
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The kept documents of the bound namespace with these ids (quarantined ones never)."""
         return [
-            Document(page_content=r.text, metadata=copy.deepcopy(dict(r.metadata)), id=r.id)
+            Document(page_content=r.text, metadata=copy_metadata(r.metadata), id=r.id)
             for r in self.index.get([str(i) for i in ids], namespace=self.namespace)
         ]
 
