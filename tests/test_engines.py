@@ -59,6 +59,44 @@ def test_bm25_removed_rows_leave_the_statistics():
     np.testing.assert_allclose([got.get(r, 0.0) for r in range(1, 50, 2)], expected, rtol=1e-5, atol=1e-5)
 
 
+def _filled(docs: list[list[str]]) -> BM25Shard:
+    shard = BM25Shard()
+    for d in docs:
+        shard.add(d)
+    return shard
+
+
+@pytest.mark.parametrize("n", [300, 6000])  # 6000: past the sampled top-k's minimum
+def test_bm25_dense_columns_give_the_postings_scores_bit_for_bit(monkeypatch, n):
+    docs = corpus(n, n)
+    with_columns = _filled(docs)
+    for r in range(0, n, 7):
+        with_columns.remove(r)
+    rng = random.Random(n)
+    queries = [["t0", "t1", "t2"], ["t0", "t0", "t9"], ["t1", "t350"]]
+    queries += [[*rng.sample([f"t{i}" for i in range(400)], 2), "t0"] for _ in range(15)]
+    got = [(with_columns.scores(q), with_columns.top_with(q, 10, np.arange(0, n, 11, dtype=np.int32)))
+           for q in queries]
+    assert len(with_columns._columns) > 0  # Zipf's head terms are in more than a quarter of the rows
+    terms, tfs = with_columns.term_lists(range(n))
+    restored = BM25Shard.restore(with_columns.vocabulary(), np.concatenate(terms), np.concatenate(tfs),
+                                 np.cumsum([0, *map(len, terms)]), with_columns.postings(), k1=1.5, b=0.75)
+    np.testing.assert_array_equal(restored._columns, with_columns._columns)  # a loaded index has them too
+
+    monkeypatch.setattr("guarded_retriever._bm25._COLUMN_SHARE", 0)  # no term qualifies
+    without = _filled(docs)
+    for r in range(0, n, 7):
+        without.remove(r)
+    assert len(without._columns) == 0
+    for q, ((rows, scores), top) in zip(queries, got, strict=True):
+        want_rows, want_scores = without.scores(q)
+        np.testing.assert_array_equal(rows, want_rows)
+        np.testing.assert_array_equal(scores, want_scores)  # exact: the column adds 0.0 elsewhere
+        for a, b in zip(top, without.top_with(q, 10, np.arange(0, n, 11, dtype=np.int32)), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert not set(want_rows.tolist()) & set(range(0, n, 7))  # removed rows match nothing
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_dense_kinds_find_the_nearest_and_skip_deleted_rows(kind):
     rng = np.random.default_rng(0)

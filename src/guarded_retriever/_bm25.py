@@ -16,8 +16,10 @@ Query cost is proportional to the postings of the query terms: the weights ``idf
 precomputed into a term-major CSR (rebuilt once after a write, lazily) and the query's postings are
 summed per document into a float32 accumulator. Short postings are tracked row by row; once they
 reach an eighth of the shard, one pass over the whole accumulator is cheaper, and that is what a
-query with frequent terms in a large shard gets. The top-k is an ``argpartition`` over the matched
-rows only.
+query with frequent terms in a large shard gets. A term found in a quarter of the rows or more is
+also kept as a dense column of weights: adding it is one vectorised pass (~0.2 ns a row), where
+scattering its postings costs ~2.5 ns each, and such terms hold most of a typical query's postings
+(85–93 % at 100k documents). The top-k is an ``argpartition`` over the matched rows only.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ __all__ = ["BM25Shard", "top_k"]
 _EPSILON = 0.25
 # Above one posting per ``_DENSE_SHARE`` rows, a query is scored over the whole accumulator.
 _DENSE_SHARE = 8
+# A term in at least one row of ``_COLUMN_SHARE`` is also stored as a dense column. Its column then
+# takes at most twice its postings' bytes (4 bytes a row against 8 a posting); the cap bounds the
+# rest (a shard of near-identical documents).
+_COLUMN_SHARE = 4
+_MAX_COLUMNS = 64
 
 
 class BM25Shard:
@@ -42,6 +49,8 @@ class BM25Shard:
 
     __slots__ = (
         "_alive",
+        "_column_of",
+        "_columns",
         "_dirty",
         "_doc_terms",
         "_indptr",
@@ -65,6 +74,8 @@ class BM25Shard:
         self._postings = np.zeros(0, dtype=np.int32)
         self._weights = np.zeros(0, dtype=np.float32)
         self._positive = True  # every posting weight > 0: a row matched iff its accumulator is > 0
+        self._columns = np.zeros((0, 0), dtype=np.float32)  # dense weights of the most frequent terms
+        self._column_of: dict[int, int] = {}  # a column term's first posting offset → its column
         self._local = threading.local()
 
     def __len__(self) -> int:
@@ -94,6 +105,7 @@ class BM25Shard:
         if csr is not None and len(csr[0]) == len(vocabulary) + 1:
             shard._indptr, shard._postings, shard._weights = csr
             shard._positive = bool((shard._weights > 0).all())
+            shard._build_columns()
             shard._dirty = False
         return shard
 
@@ -124,6 +136,7 @@ class BM25Shard:
             self._postings = np.zeros(0, dtype=np.int32)
             self._weights = np.zeros(0, dtype=np.float32)
             self._positive = True
+            self._build_columns()
             self._dirty = False
             return
         term_ids = np.concatenate([self._doc_terms[r][0] for r in rows])
@@ -150,7 +163,22 @@ class BM25Shard:
         self._positive = bool((self._weights > 0).all())
         self._indptr = np.zeros(n_terms + 1, dtype=np.int64)
         self._indptr[1:] = np.cumsum(df.astype(np.int64))
+        self._build_columns()
         self._dirty = False
+
+    def _build_columns(self) -> None:
+        """Dense weight columns of the terms in ≥ 1/``_COLUMN_SHARE`` of the rows, from the postings."""
+        n = len(self._doc_terms)
+        df = np.diff(self._indptr)
+        terms = np.flatnonzero((df > 0) & (df * _COLUMN_SHARE >= n))
+        terms = terms[np.argsort(-df[terms], kind="stable")][:_MAX_COLUMNS]
+        columns = np.zeros((len(terms), n), dtype=np.float32)
+        column_of = {}
+        for j, t in enumerate(terms.tolist()):
+            s, e = int(self._indptr[t]), int(self._indptr[t + 1])
+            columns[j, self._postings[s:e]] = self._weights[s:e]  # a row holds a term once
+            column_of[s] = j  # df > 0, so no other term starts at this offset
+        self._columns, self._column_of = columns, column_of
 
     def _spans(self, query_tokens: Sequence[str]) -> list[tuple[int, int]]:
         if self._dirty:
@@ -176,18 +204,25 @@ class BM25Shard:
 
     @contextmanager
     def _summed(self, spans: Sequence[tuple[int, int]], seen: np.ndarray | None = None) -> Iterator[np.ndarray]:
-        """The accumulator's live rows with every span's weights added (``np.add.at`` on same-dtype
-        float32 is numpy's fast unbuffered path), marking touched rows in ``seen`` if given; both
-        are zero again on exit, whatever happened."""
+        """The accumulator's live rows with every span's weights added (a column term's as one
+        dense add, the others by ``np.add.at``, numpy's fast unbuffered path on same-dtype
+        float32), marking touched rows in ``seen`` if given; both are zero again on exit, whatever
+        happened."""
         acc, _ = self._scratch()
         n = len(self._doc_terms)
         postings, weights = self._postings, self._weights
+        columns, column_of = self._columns, self._column_of
+        live = acc[:n]
         try:
             for s, e in spans:
-                np.add.at(acc, postings[s:e], weights[s:e])
+                j = column_of.get(s)
+                if j is None:
+                    np.add.at(acc, postings[s:e], weights[s:e])
+                else:  # bit for bit the same sums: the other rows add an exact 0.0
+                    np.add(live, columns[j], out=live)
                 if seen is not None:
                     seen[postings[s:e]] = True
-            yield acc[:n]
+            yield live
         finally:
             acc[:n] = 0.0
             if seen is not None:
