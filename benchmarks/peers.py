@@ -32,7 +32,9 @@ no stack always follows the same neighbour), so machine noise hits all alike; ra
 medians from this one run. Each stack runs each query twice in a row: the first call ("after
 another stack") finds the CPU caches as another stack left them (after EnsembleRetriever's 0.2 s
 query, nothing of ours is cached), the second ("repeated") finds its own working set cached, as in
-a loop serving queries. Both are reported, and the targets are checked on both.
+a loop serving queries. Both are reported, and the targets are checked on both. The first call
+is also split by what ran just before it (a peer, or one of the light stacks) to show how much of
+its cost is the caches another stack emptied.
 
 Build time is construction plus the first query (lazy index builds included). Peak RSS cannot
 be told apart inside one process, so each stack is built and queried again in its own child
@@ -561,6 +563,8 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     gc.freeze()  # the peers' 100k-object docstores would otherwise be rescanned during timings
     times: dict[str, list[float]] = {n: [] for n in names}  # first call, after another stack
     repeat: dict[str, list[float]] = {n: [] for n in names}  # the same query again, right after
+    after_peer: dict[str, list[bool]] = {n: [] for n in names}  # was the stack before it a peer?
+    previous = ""
     clock = time.perf_counter
     # A fresh seeded random order per query: a cyclic rotation would always run each stack right
     # after the same neighbour, whose cache and allocator footprint then biases it (up to ~0.4 ms).
@@ -577,6 +581,8 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 t2 = clock()
                 times[name].append((t1 - t0) * 1e3)
                 repeat[name].append((t2 - t1) * 1e3)
+                after_peer[name].append(previous in PEERS)
+                previous = name
     gc.unfreeze()
     face_overhead = {
         f"{face}{suffix}": statistics.median(a - b for a, b in zip(ts[face], ts["ours/core"], strict=True))
@@ -601,6 +607,10 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         stacks[name] = {
             "p50_ms": statistics.median(times[name]), "p95_ms": pct(times[name], 95),
             "repeated_p50_ms": statistics.median(repeat[name]), "repeated_p95_ms": pct(repeat[name], 95),
+            # The first call split by what ran just before: a peer (whose large working set evicts
+            # everything of ours from the caches) or one of the light stacks.
+            "p50_after_peer_ms": _median_where(times[name], after_peer[name], True),
+            "p50_after_light_ms": _median_where(times[name], after_peer[name], False),
             "build_s": builds.get(name, builds["ours/langchain"]),
             "peak_rss_mib": rss.get(name, {}).get("peak_mib"),
             "rss_baseline_mib": rss.get(name, {}).get("baseline_mib"),
@@ -609,6 +619,11 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     return {"size": len(data.ids), "queries": len(data.queries), "rounds": rounds,
             "faiss_floor": extras["raw"]["faiss"], "stacks": stacks,
             "face_overhead_p50_ms": face_overhead, "guard_steps_us": breakdown}
+
+
+def _median_where(values: list[float], flags: list[bool], flag: bool) -> float | None:
+    chosen = [v for v, f in zip(values, flags, strict=True) if f is flag]
+    return statistics.median(chosen) if chosen else None
 
 
 def save_load(size: int, args: argparse.Namespace) -> dict[str, float]:
@@ -672,6 +687,10 @@ def ingest_rate(bundle: Path) -> dict[str, Any]:
 PEERS = ("langchain", "llamaindex", "langchain (IVF)", "llamaindex (IVF)")
 
 
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f} ms"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines: list[str] = []
     faces = ("ours/langchain", "ours/llamaindex")
@@ -716,6 +735,11 @@ def markdown(report: dict[str, Any]) -> str:
         for suffix, label in (("", "after another stack"), (" repeated", "repeated")):
             lines.append(f"| face overhead over the core (paired p50, {label}) | "
                          + " | ".join(f"{fo[f + suffix]:.3f} ms" for f in faces) + " |")
+        lines.append("| first call after a peer; after a light stack (raw, ours, tax), p50 | "
+                     + " | ".join(f"{_ms(st[f].get('p50_after_peer_ms'))}; {_ms(st[f].get('p50_after_light_ms'))}"
+                                  for f in faces) + " |")
+        lines.append(f"| the floor's first call after a peer; after a light stack, p50 | "
+                     f"{_ms(raw.get('p50_after_peer_ms'))}; {_ms(raw.get('p50_after_light_ms'))} | |")
         if all(t in st for t in TAX):
             lines.append("| the framework's own per-call cost (tax/…, p50; repeated) | "
                          + " | ".join(f"{st[t]['p50_ms']:.3f} ms; {st[t]['repeated_p50_ms']:.3f} ms"
