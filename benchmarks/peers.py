@@ -528,7 +528,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     path = prepare_data(size, n_queries, args.bundle, args.cache)
     data = Data(path)
     emb = DictEmbeddings(data)
-    names = stack_names(size)
+    names = [n for n in stack_names(size) if args.peers is None or n not in PEERS or n in args.peers]
     print(f"\n== {len(data.ids)} documents, {len(data.queries)} queries x {rounds} rounds ==", flush=True)
 
     shared: dict[str, Any] = {"signed": _signed_batches(data)}
@@ -770,6 +770,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=HERE / "results" / "peers.json")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-extras", action="store_true", help="no ingest rate, no save/load")
+    ap.add_argument("--peers", nargs="*", choices=PEERS, metavar="PEER",
+                    help="build and time only these peers (none if no name follows); ours, the floor and "
+                         "the tax rows always run. Shows what the peers' presence costs the others")
     ap.add_argument("--rss-only", metavar="STACK", help=argparse.SUPPRESS)
     ap.add_argument("--save-index", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--load-index", type=Path, help=argparse.SUPPRESS)
