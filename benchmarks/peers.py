@@ -545,6 +545,8 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         if "bm25" in extra:  # the IVF peer rows share the default rows' BM25 side
             shared["lc_bm25" if name.startswith("langchain") else "li_bm25"] = extra["bm25"]
         print(f"  built {name:<18} {builds[name]:7.2f} s", flush=True)
+    if args.idle_peers:  # built and kept alive, never called again: their memory, not their queries
+        names = [n for n in names if n not in PEERS]
     core = extras["ours/langchain"]["core"]
     fns["ours/core"] = lambda q: [h.id for h in core.search(q, namespace=NS, k=K).kept]
     names.append("ours/core")
@@ -770,6 +772,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=HERE / "results" / "peers.json")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-extras", action="store_true", help="no ingest rate, no save/load")
+    ap.add_argument("--idle-peers", action="store_true",
+                    help="build the peers but leave them out of the timing loop")
     ap.add_argument("--peers", nargs="*", choices=PEERS, metavar="PEER",
                     help="build and time only these peers (none if no name follows); ours, the floor and "
                          "the tax rows always run. Shows what the peers' presence costs the others")
