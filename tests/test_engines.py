@@ -97,6 +97,35 @@ def test_bm25_dense_columns_give_the_postings_scores_bit_for_bit(monkeypatch, n)
         assert not set(want_rows.tolist()) & set(range(0, n, 7))  # removed rows match nothing
 
 
+@pytest.mark.parametrize("n", [300, 6000])  # 6000: the sampled top-k's path
+def test_bm25_ties_at_the_kth_place_go_to_the_lower_rows(n):
+    # A few distinct documents, each repeated many times: every score is tied with hundreds of
+    # others, so the k-th place always is. The answer must be the reference order's head, by
+    # score then row, on every path (the sampled top-k, its fallback, the postings path).
+    rng = random.Random(n)
+    templates = [rng.choices(["t0", "t1", "t2", "t3", "t4", "t5", *[f"u{i}" for i in range(30)]], k=rng.randint(3, 9))
+                 for _ in range(12)]
+    docs = [list(templates[rng.randrange(len(templates))]) for _ in range(n)]
+    shard = _filled(docs)
+    also = np.arange(0, n, 13, dtype=np.int32)
+    for q in (["t0", "t1"], ["t0", "t1", "t2", "t3"], ["t5", "u3"], ["u1", "u2", "u7"], ["t0"]):
+        rows, scores = shard.scores(q)
+        order = np.lexsort((rows, -scores))
+        positive = order[scores[order] > 0]
+        for k in (1, 10, 50):
+            want_rows, want_scores = rows[positive][:k], scores[positive][:k]
+            assert len(set(scores[positive][: k + 1].tolist())) < k + 1  # a tie reaches the k-th place
+            top_rows, top_scores = shard.top(q, k)
+            np.testing.assert_array_equal(top_rows, want_rows)
+            np.testing.assert_array_equal(top_scores, want_scores)
+            with_rows, with_scores, also_scores = shard.top_with(q, k, also)
+            np.testing.assert_array_equal(with_rows, want_rows)
+            np.testing.assert_array_equal(with_scores, want_scores)
+            dense = np.zeros(n, dtype=np.float32)
+            dense[rows] = scores
+            np.testing.assert_array_equal(also_scores, dense[also])
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_dense_kinds_find_the_nearest_and_skip_deleted_rows(kind):
     rng = np.random.default_rng(0)
