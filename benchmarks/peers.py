@@ -1,6 +1,6 @@
 """Side by side with the peers: the same corpus, the same vectors, queries interleaved in one process.
 
-Usage (from the project root; about 10-15 minutes for both sizes on a 2-core machine):
+Usage (from the project root; about 12-20 minutes for both sizes on a 2-core machine):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/peers.py --sizes 10000 100000
 
 Stacks, all with k = 10 and one OpenMP thread:

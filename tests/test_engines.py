@@ -114,7 +114,7 @@ def test_bm25_ties_at_the_kth_place_go_to_the_lower_rows(n):
         positive = order[scores[order] > 0]
         for k in (1, 10, 50):
             want_rows, want_scores = rows[positive][:k], scores[positive][:k]
-            assert len(set(scores[positive][: k + 1].tolist())) < k + 1  # a tie reaches the k-th place
+            assert len(set(scores[positive][: k + 1].tolist())) < k + 1  # ties among the first k + 1
             top_rows, top_scores = shard.top(q, k)
             np.testing.assert_array_equal(top_rows, want_rows)
             np.testing.assert_array_equal(top_scores, want_scores)
