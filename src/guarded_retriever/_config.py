@@ -68,6 +68,13 @@ class GuardConfig(SettingsModel):
     """How many fused candidates beyond ``k`` the query-time guard examines."""
     paraphrase_cosine: float = Field(0.85, gt=0.0, le=1.0)
     """Cosine at or above which two candidates count as mutual paraphrases."""
+    contrast_floor: float = Field(0.35, ge=-1.0, le=1.0)
+    """``cluster_contrast`` (3rd-neighbour cosine minus the 10th-30th mean) at or below which the
+    feature is 0: about the 99th percentile of clean Wikipedia, web and news corpora."""
+    contrast_ceiling: float = Field(0.55, ge=-1.0, le=1.0)
+    """Contrast at or above which the feature is 1 (planted paraphrase families sit at 0.55-0.75)."""
+    contrast_rescore_cosine: float = Field(0.8, gt=0.0, le=1.0)
+    """An existing document this close to a new one gets its contrast recomputed at that ingest."""
     strict_namespaces: bool = False
     """Raise :class:`NamespaceViolation` instead of dropping and counting a foreign hit."""
     low_provenance_alert: float = Field(0.3, ge=0.0, le=1.0)
@@ -78,6 +85,8 @@ class GuardConfig(SettingsModel):
         w = self.weights
         if w.alpha + w.beta == 0:
             raise ValueError("at least one of alpha (bm25) and beta (dense) must be positive")
+        if self.contrast_ceiling <= self.contrast_floor:
+            raise ValueError("contrast_ceiling must be above contrast_floor")
         if min(self.rrf_weights) < 0 or sum(self.rrf_weights) == 0:
             raise ValueError("rrf_weights must be non-negative and not both zero")
         return self

@@ -243,6 +243,42 @@ class DenseShard:
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
 
+    def search_many(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` live ``(rows, cosines)`` for each of several normalised vectors, best first.
+
+        Shapes ``(n, k)``; where fewer than ``k`` rows are alive the tail holds row -1 and cosine
+        -inf. Ingest calls it once per batch for the neighbourhood detectors.
+        """
+        n = len(queries)
+        live = self._n - len(self._dead)
+        rows_out = np.full((n, k), -1, dtype=np.int64)
+        sims_out = np.full((n, k), -np.inf, dtype=np.float32)
+        if live <= 0 or k <= 0 or not n:
+            return rows_out, sims_out
+        kk = min(k, live)
+        if self._brute_force() or self.resolved_kind() == "flat":
+            # One matrix product; FAISS's flat search would take the same BLAS path.
+            sims = queries @ self._vectors[: self._n].T
+            if self._dead:
+                sims[:, list(self._dead)] = -np.inf
+            top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < self._n else np.tile(np.arange(self._n), (n, 1))
+            top_sims = np.take_along_axis(sims, top, axis=1)
+            order = np.argsort(-top_sims, axis=1, kind="stable")
+            rows_out[:, :kk] = np.take_along_axis(top, order, axis=1)
+            sims_out[:, :kk] = np.take_along_axis(top_sims, order, axis=1)
+        else:
+            index = self._ensure_index()
+            q = np.ascontiguousarray(queries, dtype=np.float32)
+            if self._dead:
+                bits = self._alive_bitmap()
+                params = _search_params(index, faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bits)))
+                scores, rows = index.search(q, kk, params=params)
+            else:
+                scores, rows = index.search(q, kk)
+            rows_out[:, :kk] = rows
+            sims_out[:, :kk] = np.where(rows >= 0, scores, -np.inf)
+        return rows_out, sims_out
+
     def similarity(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact cosine of the query with the given rows (for candidates found by BM25 only)."""
         sims: np.ndarray = self._vectors[rows] @ query

@@ -45,11 +45,13 @@ from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch
 from ._ledger import Ledger
 from ._manifest import IngestManifest, ManifestSigner, SignedManifest
 from ._namespace import Namespace
+from ._neighbourhood import RowUpdate, batch_contrast, neighbour_updates, replaced
 from ._poison import FEATURES, PoisonModel, document_features
 from ._policy import TrustPolicy, source_domain
 from ._query_guard import EchoScorer, paraphrase_cluster
 from ._rwlock import RWLock
 from ._store import Partition, Row, Shard
+from .detect.contrast import ContrastDetector
 
 __all__ = ["DenseSearch", "GuardedIndex", "Hit", "IngestReport", "SearchResult"]
 
@@ -57,6 +59,7 @@ logger = logging.getLogger("guarded_retriever")
 
 _ECHO = FEATURES.index("query_echo")
 _CLUSTER = FEATURES.index("paraphrase_cluster")
+_CONTRAST = FEATURES.index("cluster_contrast")
 MAX_K = 1000
 R = TypeVar("R")
 
@@ -161,6 +164,9 @@ class IngestReport:
     namespace: str
     kept: tuple[str, ...]
     quarantined: tuple[tuple[str, float, tuple[str, ...]], ...]
+    rescored: tuple[tuple[str, float, float, tuple[str, ...]], ...] = ()
+    """Existing documents the batch changed the evidence of: ``(id, old poison, new poison, reasons)``.
+    One whose new score reaches τ is withheld from searches from now on (``release`` undoes it)."""
 
 
 def _reading(method: Callable[..., R]) -> Callable[..., R]:
@@ -226,7 +232,9 @@ class GuardedIndex:
         self.main = Partition("main", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
         self.quarantine = Partition("quarantine", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
         self.stats: dict[str, int] = {"queries": 0, "namespace_violations": 0, "quarantined_at_query": 0,
-                                      "revoked_blocked": 0}
+                                      "revoked_blocked": 0, "rescored_across_tau": 0}
+        self._contrast = ContrastDetector(floor=c.contrast_floor, ceiling=c.contrast_ceiling,
+                                          rescore_cosine=c.contrast_rescore_cosine)
         self._lock = RWLock()
         self._revoke_listeners: list[Callable[[RevocationReport], None]] = []
 
@@ -285,18 +293,26 @@ class GuardedIndex:
                 self.dim = vecs.shape[1]
             elif vecs.shape[1] != self.dim:  # a concurrent first batch fixed another dimension
                 raise EmbeddingError(f"expected {self.dim}-dimensional embeddings, got {vecs.shape[1]}")
+            # Evidence that needs the vectors and the namespace as it stands: under the lock, so
+            # no other batch changes the neighbourhood between the measurement and the write.
+            batch, updates = self._neighbourhood(batch, vecs)
             new_in = [p for p in (self.main, self.quarantine) if key not in p.shards]
             report = IngestReport(
                 batch_id=batch.batch_id,
                 namespace=batch.namespace.key,
                 kept=tuple(d.doc.id for d in batch.kept),
                 quarantined=tuple((d.doc.id, d.poison, d.reasons) for d in batch.quarantined),
+                rescored=tuple((u.new.id, u.old.poison, u.new.poison, u.new.reasons) for u in updates),
             )
             undo: Callable[[], None] | None = None
             try:
                 with self.ledger.transaction() as tx:
                     self.pipeline.commit(batch, conn=tx)
-                    undo = self._apply(batch, vecs)
+                    if updates:
+                        self.ledger.audit_in(tx, "rescored", key, batch_id=batch.batch_id, documents=[
+                            {"id": u.new.id, "poison": u.new.poison, "was": u.old.poison,
+                             "reasons": list(u.new.reasons)} for u in updates])
+                    undo = self._apply(batch, vecs, updates)
                     if on_commit is not None:
                         on_commit(report)
             except BaseException:
@@ -310,14 +326,40 @@ class GuardedIndex:
                     self.dim = None
                 raise
             self.pipeline.after_commit(batch)
-        self._observe_batch(batch)
+        self._observe_batch(batch, updates)
         return report
 
-    def _observe_batch(self, batch: PreparedBatch) -> None:
+    def _neighbourhood(self, batch: PreparedBatch, vecs: np.ndarray) -> tuple[PreparedBatch, list[RowUpdate]]:
+        """``cluster_contrast`` for the batch and the existing rows it changes (see ``_neighbourhood``)."""
+        key = batch.namespace.key
+        shards = [s for s in (self.main.shards.get(key), self.quarantine.shards.get(key))
+                  if s is not None and len(s)]
+        ids = [d.doc.id for d in batch.documents]
+        detector = self._contrast
+        strengths, found = batch_contrast(detector, shards, vecs, ids)
+        batch = self.pipeline.with_feature(batch, "cluster_contrast", strengths)
+        return batch, neighbour_updates(detector, found, vecs, ids, _CONTRAST, self._rescored)
+
+    def _rescored(self, row: Row, features: tuple[float, ...]) -> Row:
+        """``row`` re-scored on new features; a judge's verdict at ingest is never lowered."""
+        judged = row.poison if "judge" in row.reasons else None
+        poison, reasons, _ = self.pipeline.verdict(features, judged)
+        return replaced(row, features, poison, reasons)
+
+    def _observe_batch(self, batch: PreparedBatch, updates: Sequence[RowUpdate] = ()) -> None:
         domain = source_domain(batch.provenance.source_url)
         self.emit(logging.INFO, "ingest.batch", namespace=batch.namespace.key, domain=domain or None,
                   documents=len(batch.documents), quarantined=len(batch.quarantined),
                   reasons=sorted({r for d in batch.quarantined for r in d.reasons}))
+        tau = self.config.tau
+        crossed = [u for u in updates if (u.old.poison >= tau) != (u.new.poison >= tau)]
+        if crossed:
+            self.stats["rescored_across_tau"] += len(crossed)
+            # A kept document that new evidence pushes over τ is withheld from every search from
+            # now on (the query-time guard reads its new score); say so where operators look.
+            self.emit(logging.WARNING, "ingest.rescored", namespace=batch.namespace.key,
+                      documents=[{"id": u.new.id, "poison": u.new.poison, "was": u.old.poison,
+                                  "reasons": list(u.new.reasons)} for u in crossed])
 
     def emit(self, level: int, event: str, **fields: Any) -> None:
         """A structured log event on the ``guarded_retriever`` logger (``record.gr_event`` and
@@ -326,8 +368,9 @@ class GuardedIndex:
             logger.log(level, "%s %s", event, orjson.dumps(fields, default=str).decode(),
                        extra={"gr_event": event, "gr": fields})
 
-    def _apply(self, batch: PreparedBatch, vecs: np.ndarray) -> Callable[[], None]:
-        """Put a batch into the shards; returns a function that takes it out again."""
+    def _apply(self, batch: PreparedBatch, vecs: np.ndarray, updates: Sequence[RowUpdate] = ()
+               ) -> Callable[[], None]:
+        """Put a batch into the shards and swap in re-scored rows; returns a function that undoes both."""
         assert self.dim is not None
         key = batch.namespace.key
         prov = batch.provenance
@@ -342,6 +385,9 @@ class GuardedIndex:
                     replaced.append((shard, old, shard.dense.vectors[pos].copy(), tokenize(old.canonical)))
 
         def undo() -> None:
+            for u in updates:
+                if u.shard.positions.get(u.old.id) == u.position:
+                    u.shard.replace_row(u.position, u.old)
             for d in batch.documents:
                 main.discard(d.doc.id)
                 quarantine.discard(d.doc.id)
@@ -349,6 +395,8 @@ class GuardedIndex:
                 shard.add(old, tokens, vec)
 
         try:
+            for u in updates:
+                u.shard.replace_row(u.position, u.new)
             for d, v in zip(batch.documents, vecs, strict=True):
                 row = Row(
                     id=d.doc.id, text=d.doc.text, canonical=d.canonical, metadata=dict(d.doc.metadata),

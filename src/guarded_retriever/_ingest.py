@@ -8,6 +8,8 @@ the ledger in one transaction. The retrieval core slots its own index updates be
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,12 +34,20 @@ from ._namespace import Namespace, NamespaceSchema
 from ._poison import FEATURE_INDEX, FEATURES, PoisonModel, document_features
 from ._policy import Provenance, TrustPolicy
 from ._simhash_index import SimhashIndex
+from .detect import InjectionDetector
 
 __all__ = ["GuardDocument", "IngestPipeline", "PreparedBatch", "PreparedDocument"]
 
 MAX_ID_LENGTH = 512
 MAX_TEXT_LENGTH = 1_000_000
 _BURST = FEATURE_INDEX["near_duplicate_burst"]
+_INJECTION = FEATURE_INDEX["injection"]
+
+
+@functools.cache
+def _shipped_detector() -> InjectionDetector:
+    """Read and verified once per process: every index shares the shipped weights (read-only)."""
+    return InjectionDetector.default()
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -79,6 +89,8 @@ class PreparedDocument:
     poison: float
     reasons: tuple[str, ...]
     decision: Decision
+    judged: float | None = None
+    """The judge's verdict, kept so a re-score (new evidence after embedding) cannot undo it."""
 
     def record(self, batch_id: str) -> LedgerRecord:
         return LedgerRecord(
@@ -129,6 +141,7 @@ class IngestPipeline:
         config: thresholds and namespace keys.
         model: the poison model; the shipped one by default.
         judge: an optional second opinion, see :data:`Judge`.
+        detector: the segment-level injection detector; the shipped one by default.
     """
 
     def __init__(
@@ -139,12 +152,14 @@ class IngestPipeline:
         config: GuardConfig | None = None,
         model: PoisonModel | None = None,
         judge: Judge | None = None,
+        detector: InjectionDetector | None = None,
     ) -> None:
         self.ledger = ledger if ledger is not None else Ledger()
         self.policy = policy if policy is not None else TrustPolicy()
         self.config = config if config is not None else GuardConfig()
         self.model = model if model is not None else PoisonModel.default()
         self.judge = judge
+        self.detector = detector if detector is not None else _shipped_detector()
         self.schema = NamespaceSchema(self.config.namespace_keys)
         # Per namespace, loaded from the ledger the first time a batch needs it: opening a large
         # saved index stays fast, and a namespace nobody writes to never pays for it.
@@ -219,24 +234,22 @@ class IngestPipeline:
         for i, (d, c, t) in enumerate(zip(docs, canon, tokens, strict=True)):
             features[i, : _BURST] = document_features(d.text, c, t)[:_BURST]
         features[:, _BURST] = self._burst(ns.key, [d.id for d in docs], simhashes)
+        features[:, _INJECTION] = [v.probability for v in self.detector.score_batch([d.text for d in docs])]
 
         judged = self.judge([d.text for d in docs]) if self.judge is not None else None
         if judged is not None and len(judged) != len(docs):
             raise DocumentError(f"the judge returned {len(judged)} scores for {len(docs)} documents")
-        tau = self.config.tau
         prepared = []
         for i, d in enumerate(docs):
             row = tuple(features[i].tolist())
-            score, reasons = self.model.score(row)
             verdict = judged[i] if judged is not None else None
-            if verdict is not None and verdict > score:
-                score, reasons = float(verdict), (*reasons, "judge")
+            score, reasons, decision = self.verdict(row, None if verdict is None else float(verdict))
             prepared.append(
                 PreparedDocument(
                     doc=d, namespace=ns, canonical=canon[i], tokens=tokens[i], content_hash=hashes[i],
                     simhash=int(simhashes[i]), provenance=provenance, features=row,
-                    poison=round(score, 6), reasons=reasons,
-                    decision="quarantine" if score >= tau else "main",
+                    poison=score, reasons=reasons, decision=decision,
+                    judged=None if verdict is None else float(verdict),
                 )
             )
         return PreparedBatch(
@@ -246,6 +259,29 @@ class IngestPipeline:
             manifest=self._manifest_record(manifest, body, provenance),
             documents=tuple(prepared),
         )
+
+    def verdict(self, features: Sequence[float], judged: float | None = None
+                ) -> tuple[float, tuple[str, ...], Decision]:
+        """``(poison, reasons, decision)`` for one feature row; a judge's verdict can only raise it."""
+        score, reasons = self.model.score(features)
+        if judged is not None and judged > score:
+            score, reasons = judged, (*reasons, "judge")
+        return round(score, 6), reasons, "quarantine" if score >= self.config.tau else "main"
+
+    def with_feature(self, batch: PreparedBatch, name: str, values: Sequence[float]) -> PreparedBatch:
+        """The batch with one feature column set and every document re-scored and re-routed.
+
+        Used for evidence that needs the batch's vectors, which exist only after ``prepare``.
+        """
+        column = FEATURE_INDEX[name]
+        docs = []
+        for d, value in zip(batch.documents, values, strict=True):
+            features = list(d.features)
+            features[column] = float(value)
+            poison, reasons, decision = self.verdict(features, d.judged)
+            docs.append(dataclasses.replace(d, features=tuple(features), poison=poison, reasons=reasons,
+                                            decision=decision))
+        return dataclasses.replace(batch, documents=tuple(docs))
 
     @staticmethod
     def _validate_documents(documents: Iterable[Any]) -> list[GuardDocument]:

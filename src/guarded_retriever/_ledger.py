@@ -392,6 +392,10 @@ class Ledger:
             (time.time() if now is None else now, kind, namespace, orjson.dumps(detail).decode()),
         )
 
+    def audit_in(self, conn: LedgerConnection, kind: str, namespace: str | None = None, **detail: Any) -> None:
+        """Append one audit event inside the caller's transaction (it commits or rolls back with it)."""
+        self._audit(conn, kind, namespace, detail)
+
     def audit(self, kind: str, namespace: str | None = None, **detail: Any) -> None:
         """Append one audit event in its own transaction."""
         with self.transaction() as tx:

@@ -56,7 +56,7 @@ from ._dense import faiss
 from ._exceptions import GuardedRetrieverError, IntegrityError, SignatureError, UntrustedSignerError
 from ._ledger import Ledger
 from ._manifest import ManifestSigner
-from ._poison import PoisonModel
+from ._poison import FEATURES, PoisonModel
 from ._policy import TrustPolicy
 from ._store import Shard
 
@@ -473,6 +473,11 @@ def _read_shard(shard: Shard, blobs: dict[str, Any], d: str, trained_futures: di
     columns = orjson.loads(blobs[f"{d}/rows.json"])
     for name in ("provenance", "poison", "features"):
         columns[name] = npy(name)
+    width = len(FEATURES)
+    if columns["features"].ndim == 2 and columns["features"].shape[1] < width:
+        # Saved before the newest features existed: they are appended last, so pad with 0.
+        f = columns["features"]
+        columns["features"] = np.hstack([f, np.zeros((len(f), width - f.shape[1]), f.dtype)])
     for name in ("text", "metadata"):
         columns[name] = _Blob(blobs[f"{d}/{name}.bin"], npy(f"{name}_offsets"),
                               decode=(lambda b: b.decode("utf-8")) if name == "text" else orjson.loads)

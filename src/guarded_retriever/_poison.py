@@ -64,6 +64,7 @@ from ._exceptions import ConfigError
 
 __all__ = [
     "FEATURES",
+    "DETECTOR_FEATURES",
     "INGEST_FEATURES",
     "QUERY_FEATURES",
     "PoisonModel",
@@ -81,7 +82,10 @@ INGEST_FEATURES: tuple[str, ...] = (
     "near_duplicate_burst",
 )
 QUERY_FEATURES: tuple[str, ...] = ("query_echo", "paraphrase_cluster")
-FEATURES: tuple[str, ...] = INGEST_FEATURES + QUERY_FEATURES
+DETECTOR_FEATURES: tuple[str, ...] = ("injection", "cluster_contrast")
+"""Ingest-time evidence from the detectors of :mod:`guarded_retriever.detect`. They come last so
+that feature arrays saved before they existed are a prefix of today's (a load pads them with 0)."""
+FEATURES: tuple[str, ...] = INGEST_FEATURES + QUERY_FEATURES + DETECTOR_FEATURES
 FEATURE_INDEX = {name: i for i, name in enumerate(FEATURES)}
 
 # --- instruction and directive phrases (run on canonical text: lowercase, spaces collapsed) ---
@@ -313,6 +317,9 @@ class PoisonModel:
         nonnegative: bool = True,
         provenance: str = "fitted",
         iterations: int = 50,
+        ceilings: dict[str, float] | None = None,
+        fixed: dict[str, float] | None = None,
+        fit_bias: bool = True,
     ) -> PoisonModel:
         """Fit weights on labelled feature vectors (``y`` is 1 for poison) by regularised Newton steps.
 
@@ -327,6 +334,12 @@ class PoisonModel:
             nonnegative: every feature is evidence *for* poison; a weight the data pushes below 0
                 (a feature that happened to fire only on clean text) is pinned at 0 and the rest
                 refitted, so no attack can lower its own score by adding a signal.
+            ceilings: an upper bound per feature name; a weight the data pushes above it is pinned
+                there and the rest refitted. It keeps weak evidence (an echoed question, a code
+                call, an HTML comment: all common in honest text) from reaching τ on its own.
+            fixed: weights set by name and not fitted (a detector calibrated on clean corpora
+                alone, whose weight must not depend on which attack families the data holds).
+            fit_bias: when false the bias stays at the prior's (``ceilings`` are then exact).
         """
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
@@ -344,8 +357,16 @@ class PoisonModel:
             penalty[0] = l2 / 10
         free = np.ones(a.shape[1], dtype=bool)
         beta = centre.copy()
-        for _ in range(len(FEATURES) + 1):  # active set: pin negative weights at 0, refit the rest
-            beta = np.where(free, beta, 0.0)
+        cap = np.full(a.shape[1], np.inf)
+        for name, ceiling in (ceilings or {}).items():
+            cap[1 + FEATURE_INDEX[name]] = ceiling
+        pinned = np.zeros(a.shape[1])  # the value of each weight that is not free
+        if not fit_bias:
+            free[0], pinned[0] = False, centre[0]
+        for name, value in (fixed or {}).items():
+            free[1 + FEATURE_INDEX[name]], pinned[1 + FEATURE_INDEX[name]] = False, value
+        for _ in range(2 * len(FEATURES) + 1):  # active set: pin weights at their bounds, refit the rest
+            beta = np.where(free, beta, pinned)
             for _ in range(iterations):
                 p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta, -50, 50)))
                 grad = (a.T @ (sw * (p - y)) + penalty * (beta - centre))[free]
@@ -354,11 +375,13 @@ class PoisonModel:
                 beta[free] -= step
                 if np.max(np.abs(step)) < 1e-8:
                     break
-            negative = free & (beta < 0)
+            negative = free & (beta < 0) if nonnegative else np.zeros_like(free)
             negative[0] = False
-            if not nonnegative or not negative.any():
+            above = free & (beta > cap)
+            if not negative.any() and not above.any():
                 break
-            free &= ~negative
+            pinned = np.where(above, cap, np.where(negative, 0.0, pinned))
+            free &= ~(negative | above)
         return cls(tuple(float(b) for b in beta[1:]), float(beta[0]), provenance=provenance)
 
     # -- the shipped artefact -------------------------------------------------------------------

@@ -77,6 +77,9 @@ class LazyRows:
     def append(self, row: Row) -> None:
         self._built.append(row)
 
+    def __setitem__(self, i: int, row: Row) -> None:
+        self._built[i] = row
+
 
 class Shard:
     """The documents of one namespace in one partition, with their BM25 and FAISS indexes."""
@@ -112,6 +115,14 @@ class Shard:
         self.mark_stale()
         self.alive.append(True)
         self.positions[row.id] = position
+
+    def replace_row(self, position: int, row: Row) -> None:
+        """Swap a live row for a re-scored version of itself (same id, text and vector)."""
+        if self.positions.get(row.id) != position:
+            raise ValueError(f"row {position} does not hold {row.id!r}")
+        self.rows[position] = row
+        self._poison[position] = row.poison
+        self.mark_stale()
 
     def discard(self, doc_id: str) -> Row | None:
         position = self.positions.pop(doc_id, None)

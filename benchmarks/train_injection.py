@@ -1,0 +1,288 @@
+"""Train the shipped injection detector, with leave-one-family-out and leave-one-bundle-out figures.
+
+Usage:
+    python benchmarks/train_injection.py [--write] [--lofo] [--lobo]
+
+What it trains on (public data only; none of it ships, only the weights do):
+
+* positives, by family:
+  - ``bipia-text`` / ``bipia-code``: BIPIA's train-split attack instructions
+    (``../shared/training/bipia-train``);
+  - ``tensor-trust``: Tensor Trust extraction attacks 300-569 (``../shared/training/tensor-trust-
+    extraction``; the dev-families bundle plants 0-299, which therefore stay held out);
+  - ``project``: ``benchmarks/injection_train/attacks.txt``, payloads written for this project
+    (other languages, fake delimiters, markup, exfiltration links, addressed notes);
+* negatives: the even-hashed half of every bundle's clean and benign look-alike documents (the odd
+  half is held out for the false-positive figures below), BIPIA's benign train contexts, and
+  ``benchmarks/injection_train/benign.txt``.
+
+A payload is a positive *window*: the detector scores segments and pairs of neighbouring segments,
+so training does too. A long attack has innocuous segments ("Thanks."), so training runs twice
+(multiple-instance style): first every window of a payload is positive, then only the windows the
+first model scores highest for each payload (and any it already calls positive).
+
+``benchmarks/lookalikes/`` is an evaluation set written separately: it is reported, never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from sklearn.linear_model import LogisticRegression
+
+from guarded_retriever.detect.injection import MIN_GRAMS, InjectionDetector, hashed_segments
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+BUNDLES = [SHARED / "redteam/dev", SHARED / "redteam/dev-families"]
+TRAIN = SHARED / "training"
+OUT = ROOT / "src/guarded_retriever/data/injection_model.npz"
+BITS = 18
+INJECTION_FAMILIES = {"bipia-text-injection": "bipia-text", "bipia-code-injection": "bipia-code",
+                      "tensor-trust-extraction": "tensor-trust"}
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.rstrip("\n").replace("\\n", "\n") for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def _held_out(doc_id: str) -> bool:
+    """A stable half of the bundles' negatives that training never sees."""
+    return hashlib.sha256(doc_id.encode()).digest()[0] % 2 == 1
+
+
+@dataclass
+class BundleDocs:
+    name: str
+    ids: list[str]
+    texts: list[str]
+    label: list[str]
+    attack: list[str]
+    tenant: list[str]
+    source: list[str]
+
+
+def load_bundle(root: Path) -> BundleDocs:
+    labels = {}
+    with (root / "labels.tsv").open(encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            p = line.rstrip("\n").split("\t")
+            labels[p[0]] = (p[1], p[2])
+    b = BundleDocs(root.name, [], [], [], [], [], [])
+    with (root / "corpus.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            label, attack = labels.get(d["_id"], ("clean", "-"))
+            b.ids.append(d["_id"])
+            b.texts.append(d.get("text") or "")
+            b.label.append(label)
+            b.attack.append(attack)
+            b.tenant.append(d.get("metadata", {}).get("tenant", ""))
+            b.source.append(d.get("metadata", {}).get("source", ""))
+    return b
+
+
+def payloads() -> dict[str, list[str]]:
+    text = json.loads((TRAIN / "bipia-train/text_attack_train.json").read_text())
+    code = json.loads((TRAIN / "bipia-train/code_attack_train.json").read_text())
+    with (TRAIN / "tensor-trust-extraction/extraction_robustness_dataset.jsonl").open() as f:
+        tt = [json.loads(line)["attack"] for line in f if line.strip()]
+    return {
+        "bipia-text": [s for v in text.values() for s in v],
+        "bipia-code": [s for v in code.values() for s in v],
+        "tensor-trust": tt[300:],
+        "project": _lines(ROOT / "benchmarks/injection_train/attacks.txt"),
+    }
+
+
+def bipia_contexts() -> list[str]:
+    out = []
+    for name in ("email_train.jsonl", "table_train.jsonl", "code_train.jsonl"):
+        with (TRAIN / "bipia-train" / name).open() as f:
+            for line in f:
+                ctx = json.loads(line)["context"]
+                out.append("\n".join(ctx) if isinstance(ctx, list) else ctx)
+    return out
+
+
+# -- windows: the rows the model is trained on, built exactly as the detector scores ------------
+
+
+def windows(texts: Sequence[str], bits: int = BITS) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Every segment and every pair of neighbouring segments of each text, as normalised hashed
+    counts; and the index of the text each window came from."""
+    rows, cols, vals, owner = [], [], [], []
+    r = 0
+    for t, text in enumerate(texts):
+        buckets, seg, starts = hashed_segments(InjectionDetector.views(text), bits)
+        count = len(starts)
+        if not len(buckets):
+            continue
+        per = [buckets[seg == k] for k in range(count)] if count > 1 else [buckets]
+        spans = [p for p in per] + [np.concatenate([per[k], per[k + 1]]) for k in range(count - 1)]
+        for k, span in enumerate(spans):
+            if len(span) < (MIN_GRAMS if k < count else 1):
+                continue
+            u, c = np.unique(span, return_counts=True)
+            rows.append(np.full(len(u), r))
+            cols.append(u)
+            vals.append(c / np.sqrt(len(span)))
+            owner.append(t)
+            r += 1
+    if not r:
+        return sparse.csr_matrix((0, 1 << bits)), np.zeros(0, np.int64)
+    m = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                          shape=(r, 1 << bits), dtype=np.float32)
+    return m, np.asarray(owner)
+
+
+def train(pos: dict[str, list[str]], neg: Sequence[str], hard: Sequence[str], *, c: float = 16.0,
+          share: float = 0.5, hard_weight: float = 10.0, provenance: str) -> InjectionDetector:
+    """Two-round multiple-instance logistic regression (see the module docstring)."""
+    xn, _ = windows(neg)
+    xh, _ = windows(hard)
+    texts = [t for fam in sorted(pos) for t in pos[fam]]
+    fam_of = [fam for fam in sorted(pos) for _ in pos[fam]]
+    xp, owner = windows(texts)
+    n_neg = xn.shape[0] + hard_weight * xh.shape[0]
+
+    def fit(xpos: sparse.csr_matrix, pos_owner: np.ndarray) -> LogisticRegression:
+        # Each family weighs the same in total, and each payload the same within its family,
+        # however many windows it has: a 600-token Tensor Trust attack does not outvote a
+        # one-line BIPIA request.
+        fam_count = defaultdict(int)
+        for fam in fam_of:
+            fam_count[fam] += 1
+        per_payload = np.bincount(pos_owner, minlength=len(texts)).astype(np.float64)
+        w_pos = np.array([share * n_neg / len(fam_count) / fam_count[fam_of[o]] / per_payload[o]
+                          for o in pos_owner])
+        x = sparse.vstack([xn, xh, xpos]).tocsr()
+        y = np.concatenate([np.zeros(xn.shape[0] + xh.shape[0]), np.ones(xpos.shape[0])])
+        w = np.concatenate([np.ones(xn.shape[0]), np.full(xh.shape[0], hard_weight), w_pos])
+        model = LogisticRegression(C=c, solver="liblinear", max_iter=200)
+        model.fit(x, y, sample_weight=w)
+        return model
+
+    first = fit(xp, owner)
+    z = first.decision_function(xp)
+    keep = np.zeros(len(z), bool)
+    for o in np.unique(owner):
+        idx = np.flatnonzero(owner == o)
+        keep[idx[np.argmax(z[idx])]] = True
+        keep[idx[z[idx] > 0]] = True
+    second = fit(xp[keep], owner[keep])
+    return InjectionDetector(second.coef_[0].astype(np.float32), float(second.intercept_[0]),
+                             provenance=provenance)
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+
+def recall_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.01) -> float:
+    if not len(pos) or not len(neg):
+        return float("nan")
+    t = np.quantile(neg, 1 - fpr, method="higher")
+    return float((pos > t).mean())
+
+
+def evaluate(det: InjectionDetector, bundles: Iterable[BundleDocs], families: Iterable[str] | None = None,
+             threshold: float = 0.5) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for b in bundles:
+        probs = np.array([v.probability for v in det.score_batch(b.texts)])
+        held = np.array([_held_out(i) for i in b.ids])
+        lab = np.array(b.label)
+        neg = held & (lab != "poison")
+        kinds = defaultdict(list)
+        for i in np.flatnonzero(neg):
+            kinds[f"{b.label[i]}/{b.tenant[i]}/{b.source[i]}"].append(probs[i])
+        fams = sorted({a for a, lb in zip(b.attack, b.label, strict=True) if lb == "poison"})
+        report = {"fpr_at_threshold (held-out half)": {k: round(float(np.mean(np.array(v) >= threshold)), 4)
+                                                       for k, v in sorted(kinds.items())}}
+        for fam in fams:
+            if families is not None and INJECTION_FAMILIES.get(fam) not in families:
+                continue
+            m = (lab == "poison") & (np.array(b.attack) == fam)
+            report[fam] = {"n": int(m.sum()), "recall_at_threshold": round(float((probs[m] >= threshold).mean()), 3),
+                           "recall_at_1pct_fpr": round(recall_at_fpr(probs[m], probs[neg]), 3)}
+        out[b.name] = report
+    return out
+
+
+def evaluate_lookalikes(det: InjectionDetector, threshold: float = 0.5) -> dict[str, object]:
+    root = ROOT / "benchmarks/lookalikes"
+    out: dict[str, object] = {}
+    for name, key in (("benign.jsonl", "kind"), ("evasive.jsonl", "style")):
+        path = root / name
+        if not path.is_file():
+            continue
+        rows = [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
+        probs = [v.probability for v in det.score_batch([r["text"] for r in rows])]
+        by = defaultdict(list)
+        for r, p in zip(rows, probs, strict=True):
+            by[r[key]].append(p >= threshold)
+        out[name] = {k: round(float(np.mean(v)), 3) for k, v in sorted(by.items())}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write", action="store_true", help="store the model in the package's data/")
+    ap.add_argument("--lofo", action="store_true", help="leave each positive family out once")
+    ap.add_argument("--lobo", action="store_true", help="train negatives on one bundle, test on the other")
+    ap.add_argument("--c", type=float, default=16.0)
+    ap.add_argument("--share", type=float, default=0.5)
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    bundles = [load_bundle(p) for p in BUNDLES]
+    pos = payloads()
+    contexts = bipia_contexts()
+    project_benign = _lines(ROOT / "benchmarks/injection_train/benign.txt")
+
+    def negatives(use: Sequence[BundleDocs]) -> tuple[list[str], list[str]]:
+        clean, hard = [], list(contexts) + project_benign
+        for b in use:
+            for i, text, label in zip(b.ids, b.texts, b.label, strict=True):
+                if _held_out(i) or label == "poison":
+                    continue
+                (hard if label == "benign_hard" else clean).append(text)
+        return clean, hard
+
+    clean, hard = negatives(bundles)
+    print(f"positives { {k: len(v) for k, v in pos.items()} }, negatives {len(clean)} clean + {len(hard)} hard")
+    det = train(pos, clean, hard, c=args.c, share=args.share,
+                provenance=f"train_injection.py: {', '.join(f'{k} {len(v)}' for k, v in pos.items())} "
+                           f"positives; {len(clean)} clean and {len(hard)} look-alike negatives")
+    print(f"trained in {time.perf_counter() - t0:.0f} s")
+    print(json.dumps({"full": evaluate(det, bundles), "lookalikes": evaluate_lookalikes(det)}, indent=1))
+    if args.lofo:
+        for fam in sorted(pos):
+            rest = {k: v for k, v in pos.items() if k != fam}
+            held = train(rest, clean, hard, c=args.c, share=args.share, provenance=f"without {fam}")
+            result = evaluate(held, bundles, families=[fam]) if fam != "project" else {}
+            print(f"leave out {fam}:", json.dumps({"bundles": result, "lookalikes": evaluate_lookalikes(held)}))
+    if args.lobo:
+        for i, b in enumerate(bundles):
+            other = [x for j, x in enumerate(bundles) if j != i]
+            c2, h2 = negatives(other)
+            held = train(pos, c2, h2, c=args.c, share=args.share, provenance=f"negatives without {b.name}")
+            print(f"negatives without {b.name}:", json.dumps(evaluate(held, [b])))
+    if args.write:
+        digest = det.save(OUT)
+        print(f"wrote {OUT} ({OUT.stat().st_size} bytes), sha256 {digest}: pin it as MODEL_SHA256")
+
+
+if __name__ == "__main__":
+    main()
