@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import guarded_retriever as gr
+from guarded_retriever._ingest import MAX_TEXT_LENGTH, IngestPipeline
 from guarded_retriever.cli import main
-from guarded_retriever.redteam import recall_at_fpr, roc_auc, run_bundle, run_redteam, score_run
+from guarded_retriever.redteam import (
+    BundleRun,
+    _build,
+    load_bundle,
+    recall_at_fpr,
+    roc_auc,
+    run_bundle,
+    run_redteam,
+    score_run,
+)
 from guarded_retriever.testing import HashingEmbedder
 
 DEV_BUNDLE = Path(__file__).resolve().parents[2] / "shared" / "redteam" / "dev"
@@ -114,6 +125,229 @@ def test_a_bundle_without_vectors_needs_an_embedder(bundle: Path) -> None:
         run_bundle(bundle, progress=False)
     with pytest.raises(gr.ConfigError, match="not a red-team bundle"):
         run_bundle(bundle / "nowhere", progress=False)
+
+
+# -- robustness: what real bundles carry ------------------------------------------------------
+
+
+def _bad_records() -> tuple[list[Any], list[Any]]:
+    """Documents and queries the harness must skip, each for one reason (``None``: a broken line)."""
+    def doc(doc_id: Any, text: Any, tenant: Any = "alpha") -> dict[str, Any]:
+        return {"_id": doc_id, "title": "", "text": text, "metadata": {"tenant": tenant, "source": "web"}}
+
+    docs = [doc("blank", ""), doc("spaces", " \n\t  "), doc("invisible", "\u200b\u200d\u00ad"),
+            doc("numeric", 42), {"_id": "notext", "metadata": {"tenant": "alpha"}},
+            {"text": "an orphan page", "metadata": {"tenant": "alpha"}}, doc(7, "a numeric id"),
+            doc("c0-0", "a second page under an id already taken"),
+            doc("huge", "a" * (MAX_TEXT_LENGTH + 1)), {"_id": "notenant", "text": "no tenant", "metadata": {}},
+            doc("badtenant", "a tenant the namespace refuses", "no spaces allowed"), None,
+            doc("nanrow", "a fine page with a broken vector"), doc("zerorow", "a fine page with a zero vector"),
+            doc("p-nan", "who discovered the hidden glacier lake in the northern mountains? Maria Vance")]
+    queries = [{"_id": "qblank", "text": "  ", "metadata": {"tenant": "alpha", "kind": "clean"}},
+               {"_id": "qnotenant", "text": "how does a glacier form", "metadata": {"kind": "clean"}},
+               {"_id": "qnan", "text": "how does a tundra form", "metadata": {"tenant": "beta", "kind": "clean"}}]
+    return docs, queries
+
+
+SKIPPED_DOCS = {"bad_embedding": 3, "duplicate_id": 1, "empty_text": 3, "invalid_id": 1, "invalid_tenant": 1,
+                "invalid_text": 1, "malformed_line": 1, "missing_id": 1, "missing_tenant": 1, "missing_text": 1,
+                "text_too_long": 1}
+SKIPPED_QUERIES = {"bad_embedding": 1, "empty_text": 1, "missing_tenant": 1}
+
+
+def _write_broken_bundle(root: Path, *, vectors: bool) -> set[str]:
+    """The mini bundle with the bad records mixed in (and, with ``vectors``, an embeddings/ whose
+    rows for nanrow, zerorow, p-nan and qnan are unusable); returns the ids that should be ingested."""
+    _write_bundle(root)
+    docs = [json.loads(line) for line in (root / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    queries = [json.loads(line) for line in (root / "queries.jsonl").read_text(encoding="utf-8").splitlines()]
+    good = {d["_id"] for d in docs}
+    bad_docs, bad_queries = _bad_records()
+    docs = docs[:10] + bad_docs + docs[10:]  # in the middle of a tenant's one batch
+    queries = queries + bad_queries
+    lines = [json.dumps(d) if d is not None else "{not json" for d in docs]
+    (root / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    with (root / "labels.tsv").open("a", encoding="utf-8") as f:
+        f.write("blank\tclean\t-\t-\tsrc-blank\np-nan\tpoison\tcopied-question\tqt\tsrc-p-nan\n")
+    if vectors:
+        embedder = HashingEmbedder()
+
+        def text(record: Any) -> str:
+            return record["text"] if isinstance(record, dict) and isinstance(record.get("text"), str) else ""
+
+        doc_vecs = embedder.embed_documents([text(d) for d in docs])
+        query_vecs = np.stack([embedder.embed_query(text(q)) for q in queries])
+        ids = [d.get("_id") if isinstance(d, dict) else None for d in docs]
+        doc_vecs[ids.index("nanrow"), 3] = np.nan
+        doc_vecs[ids.index("zerorow")] = 0.0
+        doc_vecs[ids.index("p-nan"), 0] = np.inf
+        query_vecs[-1, 5] = np.nan
+        (root / "embeddings").mkdir()
+        np.save(root / "embeddings" / "corpus.npy", doc_vecs)
+        np.save(root / "embeddings" / "queries.npy", query_vecs)
+    return good
+
+
+@pytest.mark.parametrize("vectors", [True, False], ids=["bundle-vectors", "embedder"])
+def test_blank_and_broken_records_are_skipped_and_counted_the_rest_ingested(tmp_path: Path, vectors: bool) -> None:
+    good = _write_broken_bundle(tmp_path / "broken", vectors=vectors)
+    run = run_bundle(tmp_path / "broken", embedder=None if vectors else HashingEmbedder(), progress=False)
+    report = score_run(run)
+    expected_docs, expected_queries = dict(SKIPPED_DOCS), dict(SKIPPED_QUERIES)
+    if not vectors:  # the embedder gives every screened text a usable vector: p-nan is ingested (and caught)
+        del expected_docs["bad_embedding"], expected_queries["bad_embedding"]
+        good |= {"nanrow", "zerorow", "p-nan"}
+    assert report["skipped_documents"] == expected_docs
+    assert report["skipped_queries"] == expected_queries
+    assert set(run.doc_tenant) == good  # c0-0 kept its first text; every good neighbour of the bad ones is in
+    assert (report["documents"], report["ingested"]) == (56 + 15, len(good))
+    assert report["queries"] == 13 + 3 - sum(expected_queries.values())
+    # Those never ingested, by label: a skipped poison is visible, not silently out of the recall.
+    labelled = {"clean": 1, "poison": 1} if vectors else {"clean": 1}
+    never = sum(expected_docs.values()) - expected_docs["duplicate_id"]
+    assert report["skipped_by_label"] == {**labelled, "unlabelled": never - sum(labelled.values())}
+    assert report["tenant_leaks"] == 0
+    if vectors:  # the same corpus as the clean bundle once screened: the same verdicts, document by document
+        _write_bundle(tmp_path / "clean")
+        clean = run_bundle(tmp_path / "clean", embedder=HashingEmbedder(), progress=False)
+        assert run.doc_score == clean.doc_score
+        assert (run.guarded, run.unguarded) == (clean.guarded, clean.unguarded)
+
+
+def test_the_fit_scripts_build_skips_broken_records_too(tmp_path: Path) -> None:
+    good = _write_broken_bundle(tmp_path / "broken", vectors=True)
+    index = _build(load_bundle(tmp_path / "broken"), gr.GuardConfig(), gr.PoisonModel.default(), None)
+    ingested = {d for p in (index.main, index.quarantine) for s in p.shards.values() for d in s.positions}
+    assert ingested == good
+
+
+def test_a_document_the_pipeline_still_refuses_is_dropped_and_its_batch_retried(
+        bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepare = IngestPipeline.prepare
+
+    def refuse_one(self: IngestPipeline, documents: Any, **kwargs: Any) -> Any:
+        docs = list(documents)
+        if any(doc_id == "c2-1" for doc_id, _ in docs):
+            raise gr.DocumentError("a check the screening does not know", doc_id="c2-1")
+        return prepare(self, docs, **kwargs)
+
+    monkeypatch.setattr(IngestPipeline, "prepare", refuse_one)
+    run = run_bundle(bundle, embedder=HashingEmbedder(), progress=False)
+    assert score_run(run)["skipped_documents"] == {"rejected_at_ingest": 1}
+    assert "c2-1" not in run.doc_tenant and "c2-0" in run.doc_tenant and len(run.doc_tenant) == 55
+    # The unguarded index was built without it too, so the two compare on the same corpus.
+    assert not any("c2-1" in hits for hits in (*run.guarded.values(), *run.unguarded.values()))
+
+
+# -- several bundles --------------------------------------------------------------------------
+
+
+def test_cli_runs_several_bundles_and_pools_them(bundle: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    second = tmp_path / "second"
+    _write_broken_bundle(second, vectors=True)
+    out, png = tmp_path / "report.json", tmp_path / "roc.png"
+    code = main(["redteam", str(bundle), str(second), "--json", str(out), "--plot", str(png),
+                 "--embedder", "hashing"])
+    assert code == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert set(report) == {"bundles", "combined"}
+    assert list(report["bundles"]) == ["mini", "second"]
+    mini, broken, combined = report["bundles"]["mini"], report["bundles"]["second"], report["combined"]
+    assert set(mini) >= REQUIRED_KEYS and set(combined) >= REQUIRED_KEYS
+    assert combined["bundles"] == ["mini", "second"]
+    for key in ("documents", "ingested", "poison", "benign_hard", "queries", "target_queries"):
+        assert combined[key] == mini[key] + broken[key], key
+    assert combined["skipped_documents"] == SKIPPED_DOCS
+    # Pooled, not averaged: the same tenant name in two bundles is two corpora.
+    assert set(combined["fpr_by_tenant"]["clean"]) == {"mini/alpha", "mini/beta", "second/alpha", "second/beta"}
+    assert combined["fpr_by_tenant"]["clean"]["second/alpha"]["n"] == broken["fpr_by_tenant"]["clean"]["alpha"]["n"]
+    flagged = sum(r["at_threshold"]["fpr"] * (r["ingested"] - r["poison"]) for r in (mini, broken))
+    assert combined["at_threshold"]["fpr"] == pytest.approx(flagged / (combined["ingested"] - combined["poison"]))
+    assert png.with_name("roc-mini.png").is_file() and png.with_name("roc-second.png").is_file()
+    tables = capsys.readouterr().out  # not --quiet: the tables go to stdout beside the JSON file
+    assert tables.index("== mini:") < tables.index("== second:") < tables.index("== combined:")
+    assert "copied-question" in tables and "tenant second/alpha" in tables and "malformed_line 1" in tables
+
+
+def test_cli_json_on_stdout_and_a_missing_bundle_fails_before_any_run(
+        bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["redteam", str(bundle), "--json", "-", "--embedder", "hashing", "--quiet"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) >= REQUIRED_KEYS
+    # One bundle given twice still gets two reports (numbered), not one overwriting the other.
+    assert main(["redteam", str(bundle), str(bundle), "--json", "-", "--embedder", "hashing", "--quiet"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["bundles"]) == 2
+    assert main(["redteam", str(bundle), str(tmp_path / "nowhere"), "--embedder", "hashing", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert "not a red-team bundle" in captured.err and captured.out == ""
+
+
+# -- scoring on constructed runs --------------------------------------------------------------
+
+
+def _constructed_run(root: Path, labels: dict[str, tuple[str, str, str]], *, tenant: dict[str, str],
+                     source: dict[str, str], score: dict[str, float], guarded: dict[str, list[str]],
+                     unguarded: dict[str, list[str]]) -> BundleRun:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "labels.tsv").write_text(
+        "doc-id\tlabel\tattack\ttarget-query-id\tsource-id\n"
+        + "".join(f"{d}\t{lab}\t{attack}\t{target}\tsrc\n" for d, (lab, attack, target) in labels.items()),
+        encoding="utf-8")
+    queries = set(guarded)
+    return BundleRun(
+        bundle=str(root), documents=len(tenant), threshold=0.6, doc_tenant=tenant, doc_score=score,
+        doc_features={}, doc_reasons={}, query_kind=dict.fromkeys(queries, "target"),
+        query_tenant=dict.fromkeys(queries, "alpha"), guarded=guarded, unguarded=unguarded, doc_source=source)
+
+
+def test_majority_asr_needs_most_of_the_top_five_to_be_the_querys_own_poison(tmp_path: Path) -> None:
+    own = {q: [f"{q}-p{i}" for i in range(5)] for q in ("qa", "qb", "qc", "qd")}
+    clean = [f"c{i}" for i in range(10)]
+    labels = {d: ("poison", "fam-a" if q in ("qa", "qb") else "fam-b", q) for q, ds in own.items() for d in ds}
+    labels |= {c: ("clean", "-", "-") for c in clean}
+    guarded = {
+        "qa": [own["qa"][0], clean[0], own["qa"][1], own["qa"][2], clean[1]],  # 3 of 5: a majority
+        "qb": [clean[0], own["qb"][0], clean[1], own["qb"][1], clean[2]],  # 2 of 5: any, no majority
+        "qc": [*own["qa"][:3], clean[0], clean[1]],  # 3 poison, but another query's: neither
+        "qd": [*clean[:5], *own["qd"][:3]],  # its poison only below the top 5: neither
+    }
+    unguarded = {q: ds[:] for q, ds in own.items()}  # the guard off: all five are its poison
+    ids = [*labels]
+    run = _constructed_run(tmp_path / "asr", labels, tenant=dict.fromkeys(ids, "alpha"),
+                           source=dict.fromkeys(ids, "web"), score=dict.fromkeys(ids, 0.0),
+                           guarded=guarded, unguarded=unguarded)
+    report = score_run(run)
+    assert report["asr"] == {"unguarded": 1.0, "guarded": 0.5}
+    assert report["asr_majority"] == {"unguarded": 1.0, "guarded": 0.25}
+    fam_a, fam_b = report["per_attack"]["fam-a"], report["per_attack"]["fam-b"]
+    assert (fam_a["targets"], fam_b["targets"]) == (2, 2)
+    assert (fam_a["asr"], fam_a["asr_majority"]) == ({"unguarded": 1.0, "guarded": 1.0},
+                                                     {"unguarded": 1.0, "guarded": 0.5})
+    assert (fam_b["asr"], fam_b["asr_majority"]) == ({"unguarded": 1.0, "guarded": 0.0},
+                                                     {"unguarded": 1.0, "guarded": 0.0})
+
+
+def test_fpr_per_tenant_and_per_source_split_clean_from_look_alikes(tmp_path: Path) -> None:
+    tenant = {**{f"a{i}": "alpha" for i in range(10)}, **{f"b{i}": "beta" for i in range(20)},
+              **{f"h{i}": "beta" for i in range(4)}, "p0": "alpha"}
+    source = {d: "notes" if d.startswith("h") or d in ("b0", "b1") else "web" for d in tenant}
+    labels = {d: ("benign_hard" if d.startswith("h") else "clean", "-", "-") for d in tenant}
+    labels["p0"] = ("poison", "fam", "-")
+    flagged = {"a3", "h0", "h1", "b1", "p0"}
+    score = {d: 0.9 if d in flagged else 0.1 for d in tenant}
+    report = score_run(_constructed_run(tmp_path / "fpr", labels, tenant=tenant, source=source, score=score,
+                                        guarded={}, unguarded={}))
+    assert report["fpr_by_tenant"] == {
+        "clean": {"alpha": {"n": 10, "flagged": 1, "fpr": 0.1}, "beta": {"n": 20, "flagged": 1, "fpr": 0.05}},
+        "benign_hard": {"beta": {"n": 4, "flagged": 2, "fpr": 0.5}},
+    }
+    assert report["fpr_by_source"] == {
+        "clean": {"notes": {"n": 2, "flagged": 1, "fpr": 0.5}, "web": {"n": 28, "flagged": 1, "fpr": 1 / 28}},
+        "benign_hard": {"notes": {"n": 4, "flagged": 2, "fpr": 0.5}},
+    }
+    assert report["at_threshold"]["fpr_clean"] == pytest.approx(2 / 30)
+    assert report["asr"] == {"unguarded": None, "guarded": None}  # no target query: no rate, not 0
 
 
 def test_roc_statistics_match_brute_force() -> None:

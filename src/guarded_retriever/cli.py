@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -61,18 +62,40 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _redteam(args: argparse.Namespace) -> int:
-    from .redteam import plot_run, run_bundle, score_run
+    from ._exceptions import GuardedRetrieverError
+    from .redteam import format_report, load_bundle, plot_run, run_bundle, score_run, score_runs
 
+    try:  # every bundle checked before the first one runs for minutes
+        bundles = [load_bundle(path) for path in args.bundle]
+        for bundle in bundles:
+            if not (bundle.path / "labels.tsv").is_file():
+                raise CommandError(f"{bundle.path} has no labels.tsv: it cannot be scored")
+    except (GuardedRetrieverError, CommandError, OSError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     embedder = _embedder(None if args.embedder == "bundle" else args.embedder, None)
-    run = run_bundle(args.bundle, embedder=embedder, progress=None if not args.quiet else False)
-    report = score_run(run)
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    if args.json:
+    runs = [run_bundle(b, embedder=embedder, progress=None if not args.quiet else False) for b in bundles]
+    if len(runs) == 1:
+        output: dict[str, Any] = score_run(runs[0])
+        reports = {output["bundle"]: output}
+        tables = [format_report(output)]
+    else:
+        output = score_runs(runs)
+        reports = output["bundles"]
+        tables = [*map(format_report, reports.values()), format_report(output["combined"])]
+    text = json.dumps(output, indent=2, ensure_ascii=False)
+    json_to_stdout = args.json is not None and str(args.json) == "-"
+    if args.json and not json_to_stdout:
         args.json.write_text(text + "\n", encoding="utf-8")
     if args.plot:
-        plot_run(run, report, args.plot)
-    if not args.json or not args.quiet:
+        for run, (name, report) in zip(runs, reports.items(), strict=True):
+            tag = re.sub(r"[^\w.#-]+", "_", name).strip("_")  # a whole path when two names clash
+            path = args.plot if len(runs) == 1 else args.plot.with_name(f"{args.plot.stem}-{tag}{args.plot.suffix}")
+            plot_run(run, report, path)
+    if json_to_stdout:
         print(text)
+    elif not (args.json and args.quiet):
+        print("\n\n".join(tables))
     return 0
 
 
@@ -416,18 +439,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     redteam = sub.add_parser(
-        "redteam", help="ingest a red-team bundle, run its queries, score detection and retrieval"
+        "redteam", help="ingest red-team bundles, run their queries, score detection and retrieval",
+        description="Run each bundle through a guarded and an unguarded index and print a table per bundle "
+                    "(and a combined one for several). Documents and queries that cannot be ingested or run "
+                    "are skipped and counted.",
     )
-    redteam.add_argument("bundle", type=Path, help="the bundle directory (corpus.jsonl, queries.jsonl, ...)")
-    redteam.add_argument("--json", type=Path, help="write the report here")
-    redteam.add_argument("--plot", type=Path, help="write the ROC and per-attack recall plot here (PNG)")
+    redteam.add_argument("bundle", type=Path, nargs="+", metavar="BUNDLE",
+                         help="a bundle directory (corpus.jsonl, queries.jsonl, labels.tsv, ...); several may be given")
+    redteam.add_argument("--json", type=Path, metavar="FILE",
+                         help='write the report here ("-": on stdout instead of the tables); with several '
+                              'bundles it is {"bundles": {name: report}, "combined": report}')
+    redteam.add_argument("--plot", type=Path, metavar="FILE.png",
+                         help="write the ROC and per-attack recall plot here; with several bundles one per "
+                              "bundle, named FILE-BUNDLE.png")
     redteam.add_argument(
         "--embedder",
         choices=("bundle", "minilm", "hashing"),
         default="bundle",
         help="bundle: the bundle's precomputed vectors (embeddings/); otherwise embed with this model",
     )
-    redteam.add_argument("--quiet", action="store_true", help="no progress bar, no report on stdout")
+    redteam.add_argument("--quiet", action="store_true",
+                         help="no progress bar, and no tables on stdout when --json writes a file")
     redteam.set_defaults(func=_redteam)
     _add_incident_commands(sub)
     return parser
