@@ -33,13 +33,16 @@ import numpy as np
 
 import guarded_retriever as gr
 from guarded_retriever._index import _candidates
+from guarded_retriever.detect import InjectionDetector
 from guarded_retriever.redteam import _build, _namespace, _read_labels, _unguarded, load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
+INJECTION_FAMILIES = {"bipia-text-injection": "bipia-text", "bipia-code-injection": "bipia-code",
+                      "tensor-trust-extraction": "tensor-trust"}
 DEFAULT_BUNDLES = [ROOT.parent / "shared/redteam/dev", ROOT.parent / "shared/redteam/dev-families"]
-DECISIVE = {"injection": 0.9, "cluster_contrast": 0.5}
+DECISIVE = {"injection": 0.9, "cluster_contrast": 0.6}
 """The detectors that may decide alone, and the strength at which each alone reaches τ: chosen on
-clean corpora (injection probability 0.9, contrast 0.45 = about the 99.5th percentile of clean
+clean corpora (injection probability 0.9, contrast 0.47 = above the 99.5th percentile of clean
 web, Wikipedia and news text), never fitted on attack labels, so a family left out of the fit
 cannot change them."""
 
@@ -97,24 +100,40 @@ def ceilings(prior: gr.PoisonModel, tau: float, margin: float) -> dict[str, floa
     return {name: limit for name in gr.FEATURES if name not in DECISIVE}
 
 
+PAIRED = {"query_echo": 0.7, "paraphrase_cluster": 0.33}
+"""Two query-time signals weighed by construction, not by the data: together at full strength they
+cross τ (a passage that repeats the question verbatim *and* sits in a family of three mutual
+paraphrases is the signature of a planted answer), each alone stays far under it (an FAQ page
+asked its own question, a topical cluster of honest passages). The shares are of what τ needs."""
+
+
 def decisive(prior: gr.PoisonModel, tau: float) -> dict[str, float]:
-    """Each decisive detector's weight: alone at its ``DECISIVE`` strength it reaches τ."""
+    """The weights not fitted: each decisive detector alone at its ``DECISIVE`` strength reaches
+    τ; the ``PAIRED`` signals reach it together."""
     need = math.log(tau / (1 - tau)) - prior.bias
-    return {name: need / strength + 1e-6 for name, strength in DECISIVE.items()}
+    fixed = {name: need / strength + 1e-6 for name, strength in DECISIVE.items()}
+    fixed.update({name: need * share for name, share in PAIRED.items()})
+    return fixed
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, action="append", help="a bundle (repeatable); dev and dev-families by default")
+    ap.add_argument("--bundle", type=Path, action="append",
+                    help="a bundle (repeatable); dev and dev-families by default")
     ap.add_argument("--l2", type=float, default=2.0)
     ap.add_argument("--share", type=float, default=0.05)
     ap.add_argument("--margin", type=float, default=0.5)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--lofo-detectors", type=Path,
+                    help="a folder of injection models trained without one family (train_injection.py "
+                         "--lofo --save-lofo): that family's leave-out figures then use the detector that "
+                         "never saw it either, end to end")
     args = ap.parse_args()
 
     config = gr.GuardConfig()
     prior = gr.PoisonModel.from_json((ROOT / "benchmarks/poison_prior.json").read_bytes())
     ids: list[str] = []
+    texts: list[str] = []
     rows = []
     kind: list[str] = []
     y_list: list[float] = []
@@ -122,6 +141,8 @@ def main() -> None:
     for bundle in args.bundle or DEFAULT_BUNDLES:
         b_ids, b_x, b_kind = collect(bundle, config)
         labels = _read_labels(bundle)
+        by_id = {d["_id"]: d["text"] for d in load_bundle(bundle).docs}
+        texts += [by_id[d] for d in b_ids]
         ids += [f"{bundle.name}:{d}" for d in b_ids]
         rows.append(b_x)
         for d, k in zip(b_ids, b_kind, strict=True):
@@ -164,10 +185,17 @@ def main() -> None:
     for k, v in fpr_by_kind(hit).items():
         print(f"  fpr {k:<52} {v}")
     print("leave one attack family out:")
+    injection = gr.FEATURES.index("injection")
+    shipped = x[:, injection].copy()
     for held in sorted({f for f in family if f != "-"}):
         m = np.array([f == held for f in family])
+        own = args.lofo_detectors / f"without-{INJECTION_FAMILIES.get(held, '')}.npz" if args.lofo_detectors else None
+        if own is not None and own.is_file():
+            x[:, injection] = [v.probability for v in InjectionDetector.load(own).score_batch(texts)]
+            held = f"{held} (detector without it too)"
         model = fit(~m)
         h = flagged(model)
+        x[:, injection] = shipped
         worst = max((h[np.array([kk == k for kk in kind]) & (y == 0)].mean(), k) for k in set(kind)
                     if (np.array([kk == k for kk in kind]) & (y == 0)).any())
         print(f"  {held:<34} n={int(m.sum()):>3}  recall {h[m].mean():.3f}  fpr {h[y == 0].mean():.4f}  "

@@ -13,8 +13,11 @@ What it trains on (public data only; none of it ships, only the weights do):
   - ``project``: ``benchmarks/injection_train/attacks.txt``, payloads written for this project
     (other languages, fake delimiters, markup, exfiltration links, addressed notes);
 * negatives: the even-hashed half of every bundle's clean and benign look-alike documents (the odd
-  half is held out for the false-positive figures below), BIPIA's benign train contexts, and
-  ``benchmarks/injection_train/benign.txt``.
+  half is held out for the false-positive figures below), BIPIA's benign train contexts,
+  ``benchmarks/injection_train/benign.txt``, and the package descriptions (READMEs) of the
+  virtual environment's installed distributions, cut into chunks: real developer text, full of
+  install commands, code, badges, HTML comments and instructions to the reader, which the bundles'
+  web and Wikipedia passages lack. The environment is pinned by ``constraints.txt``.
 
 A payload is a positive *window*: the detector scores segments and pairs of neighbouring segments,
 so training does too. A long attack has innocuous segments ("Thanks."), so training runs twice
@@ -114,6 +117,29 @@ def bipia_contexts() -> list[str]:
                 ctx = json.loads(line)["context"]
                 out.append("\n".join(ctx) if isinstance(ctx, list) else ctx)
     return out
+
+
+def readme_chunks(limit: int = 4000, size: int = 1200) -> list[str]:
+    """Paragraph chunks of the installed distributions' long descriptions (see the module doc)."""
+    from importlib import metadata
+
+    chunks: list[str] = []
+    seen: set[str] = set()
+    for dist in sorted(metadata.distributions(), key=lambda d: d.metadata.get("Name", "") or ""):
+        body = dist.metadata.get_payload() if hasattr(dist.metadata, "get_payload") else ""
+        if not isinstance(body, str) or not body.strip():
+            continue
+        current = ""
+        for para in body.split("\n\n"):
+            if len(current) + len(para) > size and current:
+                if current not in seen:
+                    seen.add(current)
+                    chunks.append(current)
+                current = ""
+            current = f"{current}\n\n{para}" if current else para
+        if current and current not in seen:
+            chunks.append(current)
+    return chunks[:limit]
 
 
 # -- windows: the rows the model is trained on, built exactly as the detector scores ------------
@@ -241,6 +267,8 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="store the model in the package's data/")
     ap.add_argument("--lofo", action="store_true", help="leave each positive family out once")
     ap.add_argument("--lobo", action="store_true", help="train negatives on one bundle, test on the other")
+    ap.add_argument("--save-lofo", type=Path, help="with --lofo: save each held-out model here as without-FAMILY.npz "
+                    "(fit_poison_model.py --lofo-detectors reads them for end-to-end figures)")
     ap.add_argument("--c", type=float, default=16.0)
     ap.add_argument("--share", type=float, default=0.5)
     args = ap.parse_args()
@@ -250,9 +278,10 @@ def main() -> None:
     pos = payloads()
     contexts = bipia_contexts()
     project_benign = _lines(ROOT / "benchmarks/injection_train/benign.txt")
+    readmes = readme_chunks()
 
     def negatives(use: Sequence[BundleDocs]) -> tuple[list[str], list[str]]:
-        clean, hard = [], list(contexts) + project_benign
+        clean, hard = list(readmes), list(contexts) + project_benign
         for b in use:
             for i, text, label in zip(b.ids, b.texts, b.label, strict=True):
                 if _held_out(i) or label == "poison":
@@ -271,6 +300,9 @@ def main() -> None:
         for fam in sorted(pos):
             rest = {k: v for k, v in pos.items() if k != fam}
             held = train(rest, clean, hard, c=args.c, share=args.share, provenance=f"without {fam}")
+            if args.save_lofo is not None:
+                args.save_lofo.mkdir(parents=True, exist_ok=True)
+                held.save(args.save_lofo / f"without-{fam}.npz")
             result = evaluate(held, bundles, families=[fam]) if fam != "project" else {}
             print(f"leave out {fam}:", json.dumps({"bundles": result, "lookalikes": evaluate_lookalikes(held)}))
     if args.lobo:

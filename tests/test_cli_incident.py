@@ -369,7 +369,7 @@ def test_export(saved, capsys, tmp_path):
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["id"], r["partition"], r["reasons"]) for r in rows] == [
-        ("w-inject", "quarantine", ["instruction_override"])]
+        ("w-inject", "quarantine", ["injection", "instruction_override"])]
     assert rows[0]["manifest_id"] == saved.wiki_manifest.manifest_id and rows[0]["text"] == WIKI[1][1]
     assert "exported 1 document(s)" in err
 

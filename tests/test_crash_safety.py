@@ -156,8 +156,10 @@ def test_killed_while_saving_snapshots(tmp_path: Path, seed: int) -> None:
         index = gr.GuardedIndex.load(snaps / f"snap-{i}", trusted_signers={SIGNER.public_key},
                                      embedder=gr.HashingEmbedder(32))
         expected = [d for b in range(i + 1) for d in doc_ids(b, size)]
-        assert index.ids(namespace=NS) == expected
+        # Templated texts form tight families: some may be quarantined, none may be missing.
+        assert sorted(index.ids(namespace=NS, include_quarantined=True)) == sorted(expected)
         assert {r.doc_id for r in index.ledger.documents(KEY)} == set(expected)
-        assert [r.text for r in index.get(expected[-3:], namespace=NS)] == [text(i, j) for j in range(size - 3, size)]
+        last = index.get(expected[-3:], namespace=NS, include_quarantined=True)
+        assert [r.text for r in last] == [text(i, j) for j in range(size - 3, size)]
         result = index.search(text(i, 1), namespace=NS, k=size)  # the echo may well be quarantined
         assert (f"b{i}-d1", text(i, 1)) in {(h.id, h.text) for h in [*result.kept, *result.quarantined]}

@@ -168,7 +168,7 @@ def test_a_later_copy_re_scores_the_family_already_kept():
     assert {d for d, _, _ in later.quarantined} == {"f2", "f3", "f4"}
     assert {d for d, _, new, _ in later.rescored if new >= index.config.tau} == {"f0", "f1"}
     events = index.ledger.audit_events("rescored")
-    assert {d["id"] for d in events[-1]["detail"]["documents"]} >= {"f0", "f1"}
+    assert {d["id"] for d in events[-1]["documents"]} >= {"f0", "f1"}
     assert index.stats["rescored_across_tau"] == 2
     hits = index.search("maria vance lake", namespace=NS, k=10, query_vector=fam[0])
     assert not {h.id for h in hits.kept} & {"f0", "f1", "f2", "f3", "f4"}

@@ -27,10 +27,10 @@ def test_the_incident_response_example():
     assert listed(out, "top hits for 'reset password'")[0] == "wiki-phish"
     batches = events(out, "ingest.batch")
     assert [b["quarantined"] for b in batches[:3]] == [0, 1, 0]
-    assert batches[1]["reasons"] == ["instruction_override"] and batches[1]["domain"] == "wiki.example.com"
+    assert batches[1]["reasons"] == ["injection", "instruction_override"] and batches[1]["domain"] == "wiki.example.com"
 
     # 2. detection leads from the injection to the rest of its crawl
-    assert value(out, "detections by reason") == "{'instruction_override': 1}"
+    assert value(out, "detections by reason") == "{'injection': 1, 'instruction_override': 1}"
     assert value(out, "detections by domain") == "{'wiki.example.com': 1}"
     suspect = value(out, "suspect")
     assert suspect.startswith("wiki-inject (quarantine) from manifest ")

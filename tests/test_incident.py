@@ -624,7 +624,7 @@ def test_export_suspects_filters_combine(world):
     by_reason = index.export_suspects(reason="instruction_override")
     assert [r["id"] for r in by_reason] == ["w-inject"] and by_reason[0]["partition"] == "quarantine"
     assert by_reason[0]["manifest_id"] == world.wiki_manifest.manifest_id
-    assert by_reason[0]["text"] == INJECT[1] and by_reason[0]["reasons"] == ["instruction_override"]
+    assert by_reason[0]["text"] == INJECT[1] and by_reason[0]["reasons"] == ["injection", "instruction_override"]
     by_domain = index.export_suspects(domain="wiki.example.com")
     assert [r["id"] for r in by_domain] == ["w-inject", "w-tip", "w-sneaky"]  # quarantine first
     assert {r["id"] for r in index.export_suspects(domain="example.com")} == {
@@ -716,7 +716,7 @@ def test_a_quarantining_ingest_emits_a_structured_event(caplog):
     assert clean == {"namespace": KEY_A, "domain": "docs.example.com", "documents": 8, "quarantined": 0,
                      "reasons": []}
     assert wiki == {"namespace": KEY_A, "domain": "wiki.example.com", "documents": 3, "quarantined": 1,
-                    "reasons": ["instruction_override"]}
+                    "reasons": ["injection", "instruction_override"]}
     assert batches[1].getMessage().startswith("ingest.batch {")
     assert orjson.loads(batches[1].getMessage().split(" ", 1)[1]) == wiki
 
@@ -745,14 +745,15 @@ def test_no_event_is_built_when_the_logger_is_off(caplog, monkeypatch):
     index.add(WIKI, namespace=NS_A, manifest=sign(WIKI, WIKI_URL))
     index.search("password reset", namespace=NS_A, k=3)
     assert built == []
-    assert index.metrics()["detections_by_reason"] == {"instruction_override": 1}  # metrics count regardless
+    # metrics count regardless
+    assert index.metrics()["detections_by_reason"] == {"injection": 1, "instruction_override": 1}
 
 
 def test_metrics_count_detections_queries_revocations_and_freezes(world):
     index = world.index
     m = index.metrics()
     assert m["documents"] == {"main": {KEY_A: 10, KEY_B: 3}, "quarantine": {KEY_A: 1, KEY_B: 0}}
-    assert m["detections_by_reason"] == {"instruction_override": 1}
+    assert m["detections_by_reason"] == {"injection": 1, "instruction_override": 1}
     assert m["detections_by_domain"] == {"wiki.example.com": 1}
     assert m["batches_with_detections"] == 1
     assert (m["queries"], m["revocations"], m["frozen"]) == (0, 0, [])
@@ -763,7 +764,7 @@ def test_metrics_count_detections_queries_revocations_and_freezes(world):
     index.revoke(content_hash=world.row("w-sneaky").content_hash)
     index.freeze(NS_B)
     m = index.metrics()
-    assert m["detections_by_reason"] == {"instruction_override": 2}
+    assert m["detections_by_reason"] == {"injection": 2, "instruction_override": 2}
     assert m["detections_by_domain"] == {"wiki.example.com": 1, "forum.example.com": 1}
     assert m["batches_with_detections"] == 2
     assert (m["queries"], m["revocations"], m["frozen"]) == (2, 1, [KEY_B])

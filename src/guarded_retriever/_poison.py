@@ -63,8 +63,8 @@ from ._canonical import INVISIBLE_CHARS
 from ._exceptions import ConfigError
 
 __all__ = [
-    "FEATURES",
     "DETECTOR_FEATURES",
+    "FEATURES",
     "INGEST_FEATURES",
     "QUERY_FEATURES",
     "PoisonModel",

@@ -11,8 +11,11 @@ text onto one spelling:
 3. leetspeak folded, only inside tokens that mix letters with digits or ``@$``: "2010" and "v2"
    keep their digits, "1gn0r3" becomes "ignore".
 
-Line breaks are kept (as ``\\n``): they separate segments. :func:`decoded_blobs` returns what the
-base64 blobs of a text decode to, when that is readable text: a second view to score.
+Markup is unwrapped first: an HTML or markdown comment, an image's alt text or title, a tag's
+attributes are where a page hides text from its human readers and shows it to a model, so their
+contents become lines of their own (and the delimiters around them disappear). Line breaks are
+kept (as ``\\n``): they separate segments. :func:`decoded_blobs` returns what the base64 blobs
+of a text decode to, when that is readable text: a second view to score.
 """
 
 from __future__ import annotations
@@ -75,8 +78,29 @@ def _fold_leet(text: str) -> str:
     return _LEET_TOKEN.sub(lambda m: m.group().translate(_LEET_TABLE), text)
 
 
+_COMMENT = re.compile(r"<!--|-->|^\s*\[//\]:\s*#\s*", re.MULTILINE)
+_ATTRIBUTE = re.compile(r"""\b(?:alt|title|aria-label|content|placeholder)\s*=\s*(?:"([^"]*)"|'([^']*)')""",
+                        re.IGNORECASE)
+_TAG = re.compile(r"</?[A-Za-z][^<>]{0,500}>")
+_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]*)(?:\s+\"([^\"]*)\")?\)")
+
+
+def _unwrap_markup(text: str) -> str:
+    """Comments, alt texts, titles and tag attributes as lines of their own; tags removed."""
+    if "<" in text:
+        text = _TAG.sub(lambda m: "\n" + "\n".join(a or b for a, b in _ATTRIBUTE.findall(m.group())) + "\n",
+                        _COMMENT.sub("\n", text))
+    elif "[//]" in text:
+        text = _COMMENT.sub("\n", text)
+    if "![" in text:
+        text = _MD_IMAGE.sub(lambda m: "\n" + "\n".join(p for p in m.groups() if p) + "\n", text)
+    return text
+
+
 def skeleton(text: str) -> str:
     """The folded form detectors read: see the module docstring. Keeps ``\\n`` between lines."""
+    if "<" in text or "![" in text or "[//]" in text:
+        text = _unwrap_markup(text)
     if text.isascii():
         out = _DROP.sub("", text).lower()
     else:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -43,7 +42,7 @@ from ._views import decoded_blobs, skeleton
 
 __all__ = ["MODEL_SHA256", "InjectionDetector", "InjectionVerdict", "hashed_segments"]
 
-MODEL_SHA256 = "736e290dbecfcb385b17f47c469a91e0778472aa4ff771f529f3fe5c5caff10c"
+MODEL_SHA256 = "6bc14f61123f540565a37f1f7144953b3213be5158c71aa7ce0ad246ddf46bfb"
 """sha256 of the shipped ``data/injection_model.npz``; a different file refuses to load."""
 
 _P = np.uint64(0x100000001B3)  # FNV-64 prime: odd, so it has an inverse modulo 2**64
@@ -205,7 +204,7 @@ class InjectionDetector:
 
     def __init__(self, weights: np.ndarray, bias: float, *, provenance: str = "unknown") -> None:
         w = np.asarray(weights, dtype=np.float32)
-        bits = int(round(math.log2(len(w)))) if len(w) else 0
+        bits = round(math.log2(len(w))) if len(w) else 0
         if w.ndim != 1 or len(w) < 2 or 1 << bits != len(w):
             raise ConfigError(f"injection weights need a power-of-two length, got {w.shape}")
         if not (np.isfinite(w).all() and math.isfinite(bias)):
