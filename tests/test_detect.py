@@ -152,6 +152,39 @@ def _family(rng: np.random.Generator, n: int, dim: int = 32) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+PARAPHRASES = [
+    "the lake was found by maria vance in 1811",
+    "explorer maria vance discovered this lake during 1811",
+    "in 1811 an expedition led by vance first reached the lake",
+    "historians credit maria vance with finding the lake, 1811",
+    "vance's 1811 survey is where the lake first appears on record",
+]
+
+
+def test_a_templated_family_is_not_a_planted_one():
+    """Catalogue pages share their wording; a planted family paraphrases. Same vectors, so only
+    the family's word overlap tells them apart."""
+    rng = np.random.default_rng(9)
+    back = _background(rng, 200)
+    fam = _family(rng, 5)
+    template = ("The Aero kettle {} holds 1.7 litres and boils in three minutes. Free delivery on orders "
+                "over 40 euros; returns within 30 days. Questions: see our help centre.")
+    found = {}
+    for name, texts in (("planted", PARAPHRASES), ("templated", [template.format(c) for c in
+                                                               ("white", "black", "red", "steel", "blue")])):
+        index = gr.GuardedIndex(policy=gr.TrustPolicy(manifest_required=False))
+        index.add([(f"b{i}", f"background passage number {i} about topic {i % 17}") for i in range(200)],
+                  namespace=NS, vectors=back)
+        found[name] = index.add([(f"f{i}", t) for i, t in enumerate(texts)], namespace=NS, vectors=fam)
+    assert len(found["planted"].quarantined) == 5
+    assert found["templated"].quarantined == ()
+
+
+def test_untemplated_scales_from_one_to_zero():
+    det = ContrastDetector(templated=(0.3, 0.5))
+    assert det.untemplated(np.array([0.0, 0.3, 0.4, 0.5, 0.9])).tolist() == pytest.approx([1, 1, 0.5, 0, 0])
+
+
 def test_a_later_copy_re_scores_the_family_already_kept():
     """The fifth copy of a planted family arrives after four were kept: they are re-scored with it,
     recorded in the ledger and withheld from search from then on."""
@@ -161,7 +194,7 @@ def test_a_later_copy_re_scores_the_family_already_kept():
     index.add([(f"b{i}", f"background passage number {i} about topic {i % 17}") for i in range(200)],
               namespace=NS, vectors=back)
     fam = _family(rng, 5)
-    texts = [f"the lake was found by maria vance in {1800 + i}" for i in range(5)]
+    texts = PARAPHRASES
     first = index.add([(f"f{i}", texts[i]) for i in range(2)], namespace=NS, vectors=fam[:2])
     assert first.quarantined == () and first.rescored == ()
     later = index.add([(f"f{i}", texts[i]) for i in range(2, 5)], namespace=NS, vectors=fam[2:])

@@ -336,10 +336,11 @@ class GuardedIndex:
         shards = [s for s in (self.main.shards.get(key), self.quarantine.shards.get(key))
                   if s is not None and len(s)]
         ids = [d.doc.id for d in batch.documents]
+        texts = [d.canonical for d in batch.documents]
         detector = self._contrast
-        strengths, found = batch_contrast(detector, shards, vecs, ids)
+        strengths, found = batch_contrast(detector, shards, vecs, ids, texts)
         batch = self.pipeline.with_feature(batch, "cluster_contrast", strengths)
-        return batch, neighbour_updates(detector, found, vecs, ids, _CONTRAST, self._rescored)
+        return batch, neighbour_updates(detector, found, vecs, ids, texts, _CONTRAST, self._rescored)
 
     def _rescored(self, row: Row, features: tuple[float, ...]) -> Row:
         """``row`` re-scored on new features; a judge's verdict at ingest is never lowered."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._store import Row, Shard
-from .detect.contrast import ContrastDetector, merge_neighbours
+from .detect.contrast import ContrastDetector, family_overlap, merge_neighbours, shingles
 
 __all__ = ["RowUpdate", "batch_contrast", "neighbour_updates"]
 
@@ -52,21 +52,59 @@ def _search(shard: Shard, vecs: np.ndarray, k: int, exclude: np.ndarray) -> tupl
     return rows[:, :k], sims[:, :k]
 
 
-def batch_contrast(detector: ContrastDetector, shards: Sequence[Shard], vecs: np.ndarray, ids: Sequence[str]
-                   ) -> tuple[np.ndarray, list[tuple[Shard, np.ndarray, np.ndarray]]]:
-    """``cluster_contrast`` per batch vector, and each shard's nearest rows to the batch
-    (``(shard, rows, cosines)``, for :func:`neighbour_updates`)."""
+class _Pool:
+    """Candidate neighbours of ``n`` vectors from several sources (shards, the batch itself),
+    with who each candidate is, so a family's texts can be read back."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._sims: list[np.ndarray] = []
+        self._texts: list[Callable[[int, int], str]] = []
+
+    def add(self, sims: np.ndarray, text: Callable[[int, int], str]) -> None:
+        """``sims`` is ``(n, m)``; ``text(i, j)`` is the canonical text of row ``i``'s ``j``-th candidate."""
+        self._sims.append(sims)
+        self._texts.append(text)
+
+    def strength(self, detector: ContrastDetector, own: Sequence[str]) -> np.ndarray:
+        """``cluster_contrast`` strength per row, scaled down for templated families (see
+        ``detect.contrast``); ``own`` is each row's canonical text."""
+        strengths = detector.strength(merge_neighbours(self._sims, detector.k))
+        suspect = np.flatnonzero(strengths > 0)
+        if not len(suspect):
+            return strengths
+        # Only the rare rows with a family read their siblings' texts back.
+        sims = np.concatenate(self._sims, axis=1)
+        source = np.concatenate([np.full(s.shape[1], i) for i, s in enumerate(self._sims)])
+        column = np.concatenate([np.arange(s.shape[1]) for s in self._sims])
+        for i in suspect.tolist():
+            nearest = np.argsort(-sims[i], kind="stable")[: detector.near_rank]
+            siblings = [shingles(self._texts[source[c]](i, column[c])) for c in nearest.tolist()
+                        if np.isfinite(sims[i, c])]
+            overlap = family_overlap(shingles(own[i]), siblings)
+            strengths[i] *= float(detector.untemplated(np.asarray(overlap)))
+        return strengths
+
+
+def _shard_texts(shard: Shard, rows: np.ndarray) -> Callable[[int, int], str]:
+    return lambda i, j: shard.rows[int(rows[i, j])].canonical
+
+
+def batch_contrast(detector: ContrastDetector, shards: Sequence[Shard], vecs: np.ndarray, ids: Sequence[str],
+                   texts: Sequence[str]) -> tuple[np.ndarray, list[tuple[Shard, np.ndarray, np.ndarray]]]:
+    """``cluster_contrast`` per batch vector (``texts``: the batch's canonical texts), and each
+    shard's nearest rows to the batch (``(shard, rows, cosines)``, for :func:`neighbour_updates`)."""
     k = detector.k
-    parts = []
+    pool = _Pool(len(vecs))
     found = []
     for shard in shards:
         rows, sims = _search(shard, vecs, k, _excluded(shard, ids))
-        parts.append(sims)
+        pool.add(sims, _shard_texts(shard, rows))
         found.append((shard, rows, sims))
     inner = vecs @ vecs.T
     np.fill_diagonal(inner, -np.inf)
-    parts.append(inner)
-    return detector.strength(merge_neighbours(parts, k)), found
+    pool.add(inner, lambda i, j: texts[j])
+    return pool.strength(detector, texts), found
 
 
 def neighbour_updates(
@@ -74,6 +112,7 @@ def neighbour_updates(
     found: Sequence[tuple[Shard, np.ndarray, np.ndarray]],
     vecs: np.ndarray,
     ids: Sequence[str],
+    texts: Sequence[str],
     column: int,
     rescore: Callable[[Row, tuple[float, ...]], Row],
 ) -> list[RowUpdate]:
@@ -88,7 +127,7 @@ def neighbour_updates(
         if not len(positions):
             continue
         own = shard.dense.vectors[positions]
-        parts = []
+        pool = _Pool(len(positions))
         for other in shards:
             exclude = excluded[id(other)]
             if other is shard:
@@ -96,10 +135,10 @@ def neighbour_updates(
                 r, s = _search(other, own, detector.k + 1, exclude)
                 s = np.where(r == positions[:, None], -np.inf, s)
             else:
-                _, s = _search(other, own, detector.k, exclude)
-            parts.append(s)
-        parts.append(own @ vecs.T)
-        strengths = detector.strength(merge_neighbours(parts, detector.k))
+                r, s = _search(other, own, detector.k, exclude)
+            pool.add(s, _shard_texts(other, r))
+        pool.add(own @ vecs.T, lambda i, j: texts[j])
+        strengths = pool.strength(detector, [shard.rows[p].canonical for p in positions.tolist()])
         for pos, strength in zip(positions.tolist(), strengths.tolist(), strict=True):
             old = shard.rows[pos]
             if abs(old.features[column] - strength) < 1e-9:

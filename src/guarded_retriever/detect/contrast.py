@@ -16,18 +16,44 @@ It needs a neighbourhood: with fewer than ``background[1]`` other documents the 
 undefined and the strength 0. It is not a verdict on duplicates: exact and near-exact copies
 (mirrors) are what ``near_duplicate_burst`` counts, and one copy does not make a family.
 
+A *templated* family is not a planted one. Catalogues (one page per product variant, sharing a
+specification and shipping block), localised copies and mirrors are just as tight, but they share
+their wording: the mean word-3-gram Jaccard of a document with its ``near_rank`` nearest neighbours
+is about 0.5 or more for them, while families written to look like independent sources are
+paraphrases (PoisonedRAG families: median 0.08 without the copied question, 0.16-0.25 with it,
+90th percentile ≤ 0.33). The strength is scaled down linearly from 1 at ``templated[0]`` to 0 at
+``templated[1]``. An attacker who templates his copies instead gives up the look of independent
+agreement and meets the near-duplicate signals and the per-family cap in the top-k instead.
+
 The signal is incremental: a family's fifth copy arriving later raises the first four's contrast,
 so ingest re-scores the existing close neighbours of every new batch (see ``GuardedIndex.add``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ContrastDetector", "merge_neighbours"]
+__all__ = ["ContrastDetector", "family_overlap", "merge_neighbours", "shingles"]
+
+_WORD = re.compile(r"\w+")
+
+
+def shingles(text: str) -> frozenset[tuple[str, str, str]]:
+    """The word 3-grams of ``text`` (lowercased ``\\w+`` words); a shorter text has none."""
+    words = _WORD.findall(text.lower())
+    return frozenset(zip(words, words[1:], words[2:], strict=False))
+
+
+def family_overlap(text: frozenset[tuple[str, str, str]], siblings: Sequence[frozenset[tuple[str, str, str]]]
+                   ) -> float:
+    """Mean Jaccard of one document's shingles with each of its siblings' (0 with none)."""
+    if not siblings:
+        return 0.0
+    return float(np.mean([len(text & s) / max(1, len(text | s)) for s in siblings]))
 
 
 def merge_neighbours(parts: Sequence[np.ndarray], k: int) -> np.ndarray:
@@ -52,6 +78,7 @@ class ContrastDetector:
         floor: contrast at or below which the strength is 0.
         ceiling: contrast at or above which the strength is 1.
         rescore_cosine: an existing document this close to a new one is re-scored with it.
+        templated: the family word-3-gram overlap over which the strength falls from 1 to 0.
     """
 
     near_rank: int = 3
@@ -59,6 +86,7 @@ class ContrastDetector:
     floor: float = 0.35
     ceiling: float = 0.55
     rescore_cosine: float = 0.8
+    templated: tuple[float, float] = (0.35, 0.5)
 
     @property
     def k(self) -> int:
@@ -80,3 +108,8 @@ class ContrastDetector:
         c = self.contrast(neighbours)
         s = (c - self.floor) / max(self.ceiling - self.floor, 1e-9)
         return np.nan_to_num(np.clip(s, 0.0, 1.0), nan=0.0)
+
+    def untemplated(self, overlap: np.ndarray) -> np.ndarray:
+        """The factor in [0, 1] a family's word overlap leaves of its strength (1: paraphrases)."""
+        lo, hi = self.templated
+        return np.clip((hi - np.asarray(overlap, dtype=np.float64)) / max(hi - lo, 1e-9), 0.0, 1.0)
