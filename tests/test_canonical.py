@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import unicodedata
 
@@ -108,7 +109,8 @@ def test_unrelated_texts_sit_near_32_bits_apart():
     assert min(distances) >= 16
 
 
-def test_content_hash_is_xxh64_of_canonical_text():
+def test_content_hash_is_blake2b_and_the_fingerprint_xxh64_of_canonical_text():
     canon = gr.canonicalize("Hello  World")
-    assert gr.content_hash(canon) == xxhash.xxh64_hexdigest(b"hello world")
-    assert len(gr.content_digest(canon)) == 32
+    assert gr.content_hash(canon) == hashlib.blake2b(b"hello world", digest_size=16).hexdigest()
+    assert gr.content_digest(canon) == gr.content_hash(canon)
+    assert gr.fingerprint64(canon) == xxhash.xxh64_hexdigest(b"hello world")

@@ -424,16 +424,16 @@ def test_revoke_a_content_hash_and_reembed_neighbours(saved, capsys):
 
 
 def test_revoking_an_unknown_hash_records_it_with_a_note(saved, capsys):
-    code, out, err = run(capsys, "revoke", saved.path, *saved.signed, "--content-hash", "0123456789abcdef",
+    code, out, err = run(capsys, "revoke", saved.path, *saved.signed, "--content-hash", "0123456789abcdef" * 2,
                          "--reason", "threat intel")
     assert code == 0, err
     assert json.loads(out)["removed"] == [] and "note: no stored document matched" in err
-    assert saved.load().ledger.revoked("content_hash") == {"0123456789abcdef"}
+    assert saved.load().ledger.revoked("content_hash") == {"0123456789abcdef" * 2}
 
 
 @pytest.mark.parametrize("options", [
     ["--reason", "x"],
-    ["--content-hash", "0123456789abcdef", "--manifest", "0" * 32, "--reason", "x"],
+    ["--content-hash", "0123456789abcdef" * 2, "--manifest", "0" * 32, "--reason", "x"],
     ["--content-hash", "0123456789abcdef"],
 ])
 def test_revoke_needs_exactly_one_target_and_a_reason(saved, capsys, options):
@@ -443,7 +443,7 @@ def test_revoke_needs_exactly_one_target_and_a_reason(saved, capsys, options):
     assert "usage:" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("options", [["--content-hash", "0123"], ["--content-hash", "G" * 16],
+@pytest.mark.parametrize("options", [["--content-hash", "0123"], ["--content-hash", "G" * 32],
                                      ["--manifest", "ab" * 8]])
 def test_revoke_refuses_a_malformed_target(saved, capsys, options):
     before = tree(saved.path)

@@ -284,8 +284,8 @@ def test_files_are_parsed_from_the_bytes_that_were_verified(world, tmp_path, mon
     path = world.index.save(tmp_path / "idx", signer=SIGNER)
     real = _persist._verified_files
 
-    def verify_then_swap(root, *args):
-        verified = real(root, *args)
+    def verify_then_swap(root, *args, **kwargs):
+        verified = real(root, *args, **kwargs)
         _edit_rows(Path(root) / "s0" / "rows.json")  # another process replaces a file just after the check
         return verified
 

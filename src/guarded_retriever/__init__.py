@@ -24,6 +24,7 @@ from ._exceptions import (
     DocumentError,
     EmbeddingError,
     GuardedRetrieverError,
+    IndexFormatError,
     IntegrityError,
     LedgerError,
     ManifestError,
@@ -32,12 +33,14 @@ from ._exceptions import (
     NamespaceError,
     NamespaceFrozenError,
     NamespaceViolation,
+    QueryError,
     RevokedContentError,
+    RollbackError,
     SignatureError,
     UntrustedSignerError,
     UntrustedSourceError,
 )
-from ._fingerprint import content_digest, content_hash, hamming, simhash64, simhash64_batch
+from ._fingerprint import content_digest, content_hash, fingerprint64, hamming, simhash64, simhash64_batch
 from ._fusion import dedupe, linear_fusion, max_normalize, minmax_normalize, weighted_rrf
 from ._index import GuardedIndex, Hit, IngestReport, SearchResult
 from ._ingest import GuardDocument, IngestPipeline, Judge, PreparedBatch, PreparedDocument
@@ -67,6 +70,7 @@ __all__ = [
     "GuardedRetrieverError",
     "HashingEmbedder",
     "Hit",
+    "IndexFormatError",
     "IngestManifest",
     "IngestPipeline",
     "IngestReport",
@@ -89,7 +93,9 @@ __all__ = [
     "PreparedBatch",
     "PreparedDocument",
     "Provenance",
+    "QueryError",
     "RevokedContentError",
+    "RollbackError",
     "SearchResult",
     "SignatureError",
     "SignedManifest",
@@ -105,6 +111,7 @@ __all__ = [
     "dedupe",
     "delta_s",
     "document_features",
+    "fingerprint64",
     "hamming",
     "lambda_state",
     "linear_fusion",

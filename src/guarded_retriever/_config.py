@@ -79,6 +79,10 @@ class GuardConfig(SettingsModel):
     """Raise :class:`NamespaceViolation` instead of dropping and counting a foreign hit."""
     low_provenance_alert: float = Field(0.3, ge=0.0, le=1.0)
     """Raise an outlier alert when the top candidate's provenance is below this."""
+    max_query_chars: int = Field(4096, ge=1)
+    """The longest query (in characters) a search or screen accepts; a longer one raises
+    :class:`QueryError`. Every per-query cost (canonicalising, tokenising, the echo feature, the
+    embedder) grows with the query, so the cap bounds what one request can cost every tenant."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:

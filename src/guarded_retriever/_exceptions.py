@@ -6,6 +6,7 @@ can catch the whole family at once. Errors about bad input also derive from :cla
 
     GuardedRetrieverError
     ├── ConfigError(ValueError)              invalid configuration or weights
+    │   └── QueryError                       a query that cannot be served (type, length, surrogates)
     ├── NamespaceError(ValueError)           a missing, malformed or foreign namespace (fails closed)
     │   └── NamespaceViolation               a hit from another namespace reached the exit (strict mode)
     ├── NamespaceFrozenError                 writes to a frozen namespace
@@ -20,6 +21,8 @@ can catch the whole family at once. Errors about bad input also derive from :cla
     ├── EmbeddingError(ValueError)           an embedder returned NaN/inf or the wrong dimension
     ├── ContractError(ValueError)            a contract payload that fails its JSON Schema
     ├── IntegrityError(ValueError)           persisted state that fails its checksums or signature
+    │   ├── IndexFormatError                 a saved index of a format this version does not read
+    │   └── RollbackError                    a saved index older than the generation required
     ├── LedgerError                          the ledger could not record a batch (nothing was kept)
     └── MissingExtraError(ImportError)       an optional extra is not installed
 
@@ -36,6 +39,7 @@ __all__ = [
     "DocumentError",
     "EmbeddingError",
     "GuardedRetrieverError",
+    "IndexFormatError",
     "IntegrityError",
     "LedgerError",
     "ManifestError",
@@ -44,7 +48,9 @@ __all__ = [
     "NamespaceError",
     "NamespaceFrozenError",
     "NamespaceViolation",
+    "QueryError",
     "RevokedContentError",
+    "RollbackError",
     "SignatureError",
     "UntrustedSignerError",
     "UntrustedSourceError",
@@ -57,6 +63,11 @@ class GuardedRetrieverError(Exception):
 
 class ConfigError(GuardedRetrieverError, ValueError):
     """A configuration value is out of range or inconsistent."""
+
+
+class QueryError(ConfigError):
+    """A query that cannot be served: not a ``str``, longer than ``GuardConfig.max_query_chars``,
+    or holding a lone surrogate. A :class:`ConfigError`, as bad queries were before it existed."""
 
 
 class NamespaceError(GuardedRetrieverError, ValueError):
@@ -133,6 +144,24 @@ class ContractError(GuardedRetrieverError, ValueError):
 
 class IntegrityError(GuardedRetrieverError, ValueError):
     """Persisted state failed its checksum or signature check; nothing was loaded."""
+
+
+class IndexFormatError(IntegrityError):
+    """A saved index written in a format this version refuses (the message says how to migrate)."""
+
+
+class RollbackError(IntegrityError):
+    """A validly signed saved index whose generation is older than (or not) the one required.
+
+    Attributes:
+        generation: the saved index's generation.
+        required: the minimum or exact generation the caller asked for.
+    """
+
+    def __init__(self, message: str, *, generation: int, required: int) -> None:
+        super().__init__(message)
+        self.generation = generation
+        self.required = required
 
 
 class LedgerError(GuardedRetrieverError):

@@ -1,9 +1,15 @@
-"""Fingerprints of canonical text: an exact content hash and a 64-bit simhash.
+"""Fingerprints of canonical text: the content hash (identity), a fast fingerprint and a simhash.
 
 ``content_hash``
-    ``xxh64`` (seed 0) of the canonical text's UTF-8 bytes, as 16 lowercase hex digits. It is the
-    dedupe and revocation key. xxh64 is fast but not collision resistant, so signed manifests also
-    carry a BLAKE2b digest of the same bytes (:func:`content_digest`) and verify both.
+    BLAKE2b-128 of the canonical text's UTF-8 bytes, as 32 lowercase hex digits. It is the
+    identity of a text: dedupe, revocation, quarantine look-ups and the ledger all key on it, so
+    nobody can build a second text that another tenant's revocation, ban or ingest record would
+    take for theirs (finding 3 of issue 20: an xxh64 twin takes well under a second to build).
+    ``content_digest`` is the same function under the name manifests use.
+
+``fingerprint64``
+    ``xxh64`` (seed 0) of the same bytes, as 16 hex digits: a fast, *not* collision-resistant
+    fingerprint. Signed manifests still list it next to the digest (format v1); nothing trusts it.
 
 ``simhash64``
     Charikar's simhash over token 3-grams ("shingles"). The shingle hash is fixed and documented so
@@ -34,6 +40,7 @@ import xxhash
 __all__ = [
     "content_digest",
     "content_hash",
+    "fingerprint64",
     "hamming",
     "simhash64",
     "simhash64_batch",
@@ -44,13 +51,22 @@ _MASK64 = (1 << 64) - 1
 
 
 def content_hash(canonical: str) -> str:
-    """``xxh64`` of the canonical text, as 16 hex digits."""
+    """The identity of a canonical text: BLAKE2b-128, as 32 hex digits (collision resistant)."""
+    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+
+
+content_digest = content_hash
+"""The name signed manifests give the same digest (``content_digests``)."""
+
+
+def fingerprint64(canonical: str) -> str:
+    """``xxh64`` of the canonical text, as 16 hex digits: fast, but no identity (collisions are cheap)."""
     return xxhash.xxh64_hexdigest(canonical.encode("utf-8"))
 
 
-def content_digest(canonical: str) -> str:
-    """A collision-resistant BLAKE2b-128 digest of the canonical text, as 32 hex digits."""
-    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+def is_legacy_hash(value: object) -> bool:
+    """Whether ``value`` looks like an xxh64 content hash of earlier versions (16 hex digits)."""
+    return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
 
 
 def hamming(a: int, b: int) -> int:

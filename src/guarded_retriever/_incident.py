@@ -18,6 +18,7 @@ import numpy as np
 from ._canonical import tokenize
 from ._dense import check_vectors
 from ._exceptions import ConfigError
+from ._fingerprint import fingerprint64, is_legacy_hash
 from ._policy import source_domain
 from ._store import Shard
 
@@ -43,6 +44,11 @@ class RevocationReport:
     """How many of those neighbours got fresh vectors (only with an embedder)."""
     seconds: float
     """Time from the call to the last index and ledger purge."""
+    withheld: tuple[tuple[str, str], ...] = ()
+    """``(namespace, content_hash)`` of everything refused from now on (``("*", hash)``: in every
+    namespace): a manifest revocation withholds exactly the texts ingested under it."""
+    namespace: str | None = None
+    """The namespace the revocation was scoped to; ``None`` for an index-wide one."""
 
 
 def revoke(
@@ -53,11 +59,17 @@ def revoke(
     reason: str = "revoked",
     embedder: Any = None,
     neighbours: int = 5,
+    namespace: str | None = None,
 ) -> RevocationReport:
-    """Revoke one content hash or one manifest everywhere: BM25, dense, quarantine, caches, ledger."""
+    """Revoke one content hash or one manifest everywhere (or, with ``namespace``, in that
+    namespace's shards only): BM25, dense, quarantine, caches, ledger."""
     t0 = time.perf_counter()
     if (content_hash is None) == (manifest_id is None):
         raise ConfigError("revoke exactly one of content_hash= or manifest_id=")
+    if content_hash is not None:
+        check_content_hash(content_hash)
+    if manifest_id is not None and not _is_hex(manifest_id, 32):
+        raise ConfigError(f"manifest_id must be 32 lowercase hex digits, got {manifest_id!r}")
     kind: Literal["content_hash", "manifest"] = "content_hash" if content_hash is not None else "manifest"
     value = content_hash if content_hash is not None else manifest_id
     assert value is not None
@@ -66,7 +78,7 @@ def revoke(
         hits: list[tuple[Shard, int]] = [
             (shard, pos)
             for partition in (index.main, index.quarantine)
-            for shard in partition.shards.values()
+            for key, shard in partition.shards.items() if namespace is None or key == namespace
             for pos in shard.positions.values()
             if getattr(shard.rows[pos], field_name) == value
         ]
@@ -91,7 +103,7 @@ def revoke(
             texts = [shard.rows[r].text for _, (shard, r) in items]
             fresh = check_vectors(as_embedder(embedder).embed_documents(texts), index.dim, len(texts))
         with index.ledger.transaction() as tx:
-            index.ledger.revoke(kind, value, reason, purge=removed, conn=tx)
+            withheld = index.ledger.revoke(kind, value, reason, purge=removed, conn=tx, namespace=namespace)
             for shard, pos in hits:
                 doc_id = shard.rows[pos].id
                 shard.discard(doc_id)
@@ -103,11 +115,31 @@ def revoke(
                 shard.mark_stale()
             reembedded = len(items)
     seconds = time.perf_counter() - t0
-    index.ledger.audit("revocation_purged", None, revoked=kind, value=value, removed=len(removed),
+    index.ledger.audit("revocation_purged", namespace, revoked=kind, value=value, removed=len(removed),
                        neighbours=len(near), reembedded=reembedded, seconds=round(seconds, 6))
-    index.emit(logging.WARNING, "revocation", kind=kind, value=value, removed=len(removed),
-               neighbours=len(near), seconds=round(seconds, 6))
-    return RevocationReport(kind, value, removed, tuple(sorted(near)), reembedded, seconds)
+    index.emit(logging.WARNING, "revocation", kind=kind, value=value, namespace=namespace,
+               removed=len(removed), withheld=len(withheld), neighbours=len(near), seconds=round(seconds, 6))
+    return RevocationReport(kind, value, removed, tuple(sorted(near)), reembedded, seconds,
+                            tuple(withheld), namespace)
+
+
+def _is_hex(value: object, n: int) -> bool:
+    return isinstance(value, str) and len(value) == n and all(c in "0123456789abcdef" for c in value)
+
+
+def check_content_hash(value: object) -> None:
+    """Refuse anything but a 32-hex BLAKE2b content hash, and say what to do with an old xxh64 one.
+
+    Raises:
+        ConfigError: ``value`` is a 16-hex xxh64 hash of earlier versions, or not a content hash.
+    """
+    if is_legacy_hash(value):
+        raise ConfigError(
+            f"{value!r} is a 16-digit xxh64 hash: content hashes are now 32-digit BLAKE2b digests, "
+            "because an xxh64 twin of another tenant's text is cheap to build. Find the document "
+            "with export_suspects(fingerprint=...) (or by id) and revoke its 'content_hash'")
+    if not _is_hex(value, 32):
+        raise ConfigError(f"content_hash must be 32 lowercase hex digits (BLAKE2b-128), got {value!r}")
 
 
 def export_suspects(
@@ -118,11 +150,16 @@ def export_suspects(
     domain: str | None = None,
     reason: str | None = None,
     include_main: bool = True,
+    fingerprint: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Stored documents matching every given filter, as JSON-ready dicts (quarantine first).
 
-    ``domain`` matches the source URL's host and its subdomains; ``reason`` a poison reason.
+    ``domain`` matches the source URL's host and its subdomains; ``reason`` a poison reason;
+    ``fingerprint`` the xxh64 of the canonical text (to find what an old report named: several
+    texts can share one, so revoke what it finds by ``content_hash``, never by fingerprint).
     """
+    if content_hash is not None:
+        check_content_hash(content_hash)
     want_domain = source_domain(f"https://{domain}") if domain else None
     partitions = [index.quarantine, index.main] if include_main else [index.quarantine]
     for partition in partitions:
@@ -130,6 +167,8 @@ def export_suspects(
             for pos in sorted(shard.positions.values()):
                 row = shard.rows[pos]
                 if content_hash is not None and row.content_hash != content_hash:
+                    continue
+                if fingerprint is not None and fingerprint64(row.canonical) != fingerprint:
                     continue
                 if manifest_id is not None and row.manifest_id != manifest_id:
                     continue
@@ -140,7 +179,8 @@ def export_suspects(
                     if host != want_domain and not host.endswith("." + want_domain):
                         continue
                 yield {"namespace": key, "id": row.id, "partition": partition.name,
-                       "content_hash": row.content_hash, "manifest_id": row.manifest_id,
+                       "content_hash": row.content_hash, "fingerprint": fingerprint64(row.canonical),
+                       "manifest_id": row.manifest_id,
                        "source_url": row.source_url, "provenance": row.provenance, "poison": row.poison,
                        "reasons": list(row.reasons), "text": row.text, "metadata": dict(row.metadata)}
 

@@ -37,7 +37,14 @@ from ._config import GuardConfig
 from ._contract import delta_s, lambda_state, next_fix, validate_contract
 from ._dense import check_query_vector, check_vectors
 from ._embed import Embedder, as_embedder
-from ._exceptions import ConfigError, DocumentError, EmbeddingError, NamespaceFrozenError, NamespaceViolation
+from ._exceptions import (
+    ConfigError,
+    DocumentError,
+    EmbeddingError,
+    NamespaceFrozenError,
+    NamespaceViolation,
+    QueryError,
+)
 from ._fingerprint import content_hash
 from ._fusion import linear_fusion_arrays, weighted_rrf
 from ._incident import RevocationReport, VerifyReport
@@ -181,13 +188,16 @@ def _reading(method: Callable[..., R]) -> Callable[..., R]:
     return locked
 
 
-def _check_query(query: Any) -> None:
+def _check_query(query: Any, limit: int) -> None:
     if not isinstance(query, str):
-        raise ConfigError(f"query must be str, got {type(query).__name__}")
+        raise QueryError(f"query must be str, got {type(query).__name__}")
+    if len(query) > limit:
+        raise QueryError(f"query is {len(query)} characters, longer than max_query_chars={limit}: "
+                         "shorten it, or raise GuardConfig.max_query_chars")
     try:
         query.encode("utf-8")
     except UnicodeEncodeError:  # it could not be logged, embedded or put into the contract JSON
-        raise ConfigError("query contains a lone surrogate") from None
+        raise QueryError("query contains a lone surrogate") from None
 
 
 class GuardedIndex:
@@ -238,6 +248,8 @@ class GuardedIndex:
                                           rescore_cosine=c.contrast_rescore_cosine)
         self._lock = RWLock()
         self._revoke_listeners: list[Callable[[RevocationReport], None]] = []
+        self.generation = 0
+        """The generation of the last save or load (0: never saved); each save writes one more."""
 
     @property
     def _write_lock(self) -> AbstractContextManager[None]:
@@ -454,12 +466,11 @@ class GuardedIndex:
 
     def _check_request(self, query: Any, namespace: Any, k: Any) -> Namespace:
         ns = self.pipeline.schema.parse(namespace)
-        _check_query(query)
+        _check_query(query, self.config.max_query_chars)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise ConfigError(f"k must be an int in [1, {MAX_K}], got {k!r}")
         return ns
 
-    @_reading
     def search(
         self,
         query: str,
@@ -484,16 +495,23 @@ class GuardedIndex:
             NamespaceViolation: a foreign hit reached the exit and ``strict_namespaces`` is on.
         """
         ns = self._check_request(query, namespace, k)
+        # Outside the lock: canonicalising is the one per-query cost that grows with the query's
+        # text, and a writer waiting behind a slow reader would queue every tenant behind both.
+        qc = canonicalize(query)
+        qtokens = tokenize(qc)
+        with self._lock.read():
+            return self._search(query, ns, k, qc, qtokens, query_vector, dense)
+
+    def _search(self, query: str, ns: Namespace, k: int, qc: str, qtokens: list[str],
+                query_vector: Any, dense: DenseSearch | None) -> SearchResult:
         key = ns.key
         self.stats["queries"] += 1
         shard = self.main.shards.get(key)
         qshard = self.quarantine.shards.get(key)
         if (shard is None or not len(shard)) and (qshard is None or not len(qshard)):
             return SearchResult.empty(query, key)
-        qc = canonicalize(query)
-        qtokens = tokenize(qc)
         qvec = self._query_vector(query, query_vector)
-        revoked = self._withheld_hashes()  # once per query: on PostgreSQL it is a round trip
+        revoked = self._withheld_hashes(key)  # once per query: on PostgreSQL it is a round trip
         cfg = self.config
         n_cand = max(cfg.candidates, k)
 
@@ -667,7 +685,6 @@ class GuardedIndex:
         if self.config.strict_namespaces:
             raise NamespaceViolation(expected, row.namespace, row.id)
 
-    @_reading
     def search_quarantine(
         self,
         query: str,
@@ -678,16 +695,21 @@ class GuardedIndex:
     ) -> list[Hit]:
         """Search only the quarantine of a namespace, for review; never mixed into :meth:`search`."""
         ns = self._check_request(query, namespace, k)
+        qtokens = tokenize(canonicalize(query))  # outside the lock, as in search()
+        with self._lock.read():
+            return self._search_quarantine(query, ns, k, qtokens, query_vector)
+
+    def _search_quarantine(self, query: str, ns: Namespace, k: int, qtokens: list[str],
+                           query_vector: Any) -> list[Hit]:
         qshard = self.quarantine.shards.get(ns.key)
         if qshard is None or not len(qshard):
             return []
-        qc = canonicalize(query)
-        cands = _candidates(qshard, tokenize(qc), self._query_vector(query, query_vector), k)
+        cands = _candidates(qshard, qtokens, self._query_vector(query, query_vector), k)
         if cands is None or not cands.rows.size:
             return []
         fused = self._fuse(qshard, cands)
         hits = []
-        revoked = self._withheld_hashes()
+        revoked = self._withheld_hashes(ns.key)
         for i in np.lexsort((cands.rows, -fused))[:k].tolist():
             row = qshard.rows[int(cands.rows[i])]
             if row.content_hash in revoked:
@@ -698,7 +720,6 @@ class GuardedIndex:
             hits.append(self._hit(row, cands, i, float(fused[i]), row.poison, row.reasons, "ingest"))
         return hits
 
-    @_reading
     def screen(
         self,
         query: str,
@@ -733,12 +754,23 @@ class GuardedIndex:
             scores: the upstream retriever's scores, reported as each hit's ``fused`` score.
         """
         ns = self.pipeline.schema.parse(namespace)
-        _check_query(query)
-        key = ns.key
-        expected = ns.as_dict()
+        _check_query(query, self.config.max_query_chars)
         docs = [GuardDocument.coerce(d) for d in documents]
         if scores is not None and len(scores) != len(docs):
             raise ConfigError(f"got {len(scores)} scores for {len(docs)} documents")
+        for d in docs:
+            if not isinstance(d.text, str) or not isinstance(d.id, str):
+                raise DocumentError("screened documents need a str id and text")
+        # Outside the lock, as in search(): the texts' and the query's canonical forms.
+        canons = [canonicalize(d.text) for d in docs]
+        qc = canonicalize(query)
+        with self._lock.read():
+            return self._screen(query, ns, docs, canons, qc, query_vector, vectors, scores)
+
+    def _screen(self, query: str, ns: Namespace, docs: list[GuardDocument], canons: list[str], qc: str,
+                query_vector: Any, vectors: Any, scores: Sequence[float | None] | None) -> SearchResult:
+        key = ns.key
+        expected = ns.as_dict()
         self.stats["queries"] += 1
         if not docs:
             return SearchResult.empty(query, key)
@@ -747,17 +779,14 @@ class GuardedIndex:
             given = check_vectors(vectors, self.dim, len(docs))
         shard = self.main.shards.get(key)
         qshard = self.quarantine.shards.get(key)
-        revoked = self._withheld_hashes()
+        revoked = self._withheld_hashes(key)
         withheld = qshard.by_content_hash() if qshard is not None else {}
 
         # 1. the fence: resolve each document to its ingest record, or to its own text.
         entries: list[tuple[int, GuardDocument, Row | None, str | None]] = []
         dropped: list[str] = []
         violations = 0
-        for i, d in enumerate(docs):
-            if not isinstance(d.text, str) or not isinstance(d.id, str):
-                raise DocumentError("screened documents need a str id and text")
-            canonical = canonicalize(d.text)
+        for i, (d, canonical) in enumerate(zip(docs, canons, strict=True)):
             digest = content_hash(canonical)
             row, stage = None, None
             if digest in revoked:  # revoked text stays out, whoever presents it and under any id
@@ -819,7 +848,6 @@ class GuardedIndex:
                 self.embedder.embed_documents([entries[j][1].text for j in missing]), len(qvec), len(missing))
 
         # 3. query-time features on the whole candidate set, then the split at τ.
-        qc = canonicalize(query)
         echo_of = EchoScorer(qc, tokenize(qc))
         cluster = paraphrase_cluster(vecs, self.config.paraphrase_cosine)
         dense = vecs @ qvec
@@ -861,7 +889,7 @@ class GuardedIndex:
         self._observe_query(result)
         return result
 
-    def _withheld_hashes(self) -> frozenset[str]:
+    def _withheld_hashes(self, namespace: str) -> frozenset[str]:
         """Content hashes no search path may return, though a shard may still hold them.
 
         A revoke purges this process's shards, but a ledger other processes write to (PostgreSQL)
@@ -870,14 +898,14 @@ class GuardedIndex:
         Not ``@_reading``: callers already hold the read lock, and taking it twice can deadlock
         against a waiting writer.
         """
-        return self.ledger.revoked_hashes()
+        return self.ledger.revoked_hashes(namespace)
 
     @_reading
     def get(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str,
             include_quarantined: bool = False) -> list[Row]:
         """The stored documents of ``namespace`` with these ids, in the order asked (missing ones skipped)."""
         key = self.pipeline.schema.parse(namespace).key
-        revoked = self._withheld_hashes()
+        revoked = self._withheld_hashes(key)
         shards = [self.main.shards.get(key)]
         if include_quarantined:
             shards.append(self.quarantine.shards.get(key))
@@ -908,21 +936,32 @@ class GuardedIndex:
         allow_unsigned: bool = False,
         embedder: Any = None,
         ledger_path: str | Path | None = None,
+        min_generation: int | None = None,
+        generation: int | None = None,
     ) -> GuardedIndex:
-        """Verify and load a saved index; refuses tampered, truncated and (by default) unsigned ones."""
+        """Verify and load a saved index; refuses tampered, truncated and (by default) unsigned ones,
+        and with ``min_generation`` / ``generation`` an older or another snapshot
+        (:class:`RollbackError`): pass the ``generation`` the last save left on the index."""
         from ._persist import load_index
 
         return load_index(path, trusted_signers=trusted_signers, allow_unsigned=allow_unsigned,
-                          embedder=embedder, ledger_path=ledger_path)
+                          embedder=embedder, ledger_path=ledger_path, min_generation=min_generation,
+                          generation=generation)
 
     def revoke(self, *, content_hash: str | None = None, manifest_id: str | None = None,
-               reason: str = "revoked", embedder: Any = None) -> RevocationReport:
+               reason: str = "revoked", embedder: Any = None,
+               namespace: Namespace | Mapping[str, Any] | str | None = None) -> RevocationReport:
         """Remove a content hash or a manifest from every index, quarantine and cache, and refuse it
-        from now on; lists (and with an embedder re-embeds) the removed documents' dense neighbours."""
+        from now on; lists (and with an embedder re-embeds) the removed documents' dense neighbours.
+
+        Without ``namespace`` this is the operator's call: it reaches every namespace and its
+        report names them all. With ``namespace`` (what a tenant-bound store passes) it removes
+        and refuses the content in that namespace only, and reports nothing of any other."""
         from ._incident import revoke
 
+        key = self.pipeline.schema.parse(namespace).key if namespace is not None else None
         report = revoke(self, content_hash=content_hash, manifest_id=manifest_id, reason=reason,
-                        embedder=embedder)
+                        embedder=embedder, namespace=key)
         errors = []
         for listener in list(self._revoke_listeners):
             try:

@@ -5,7 +5,10 @@ Tables:
 ``manifests``      every manifest a batch arrived with (id, signer, source, the signed JSON)
 ``documents``      one row per (namespace, doc id): manifest, content hash, simhash, provenance,
                    poison score and reasons, the routing decision, the batch and the time
-``revocations``    revoked content hashes and manifest ids
+``revocations``    revoked content hashes and manifest ids, index-wide (an operator's call)
+``scoped_revocations``
+                   revocations inside one namespace (a tenant-bound store's call), and the content
+                   hashes a manifest revocation withholds where they were ingested under it
 ``frozen``         namespaces whose writes are blocked
 ``audit_events``   an append-only log: batches, rejections, revocations, freezes
 
@@ -71,6 +74,15 @@ CREATE TABLE IF NOT EXISTS revocations (
     created_at REAL NOT NULL,
     PRIMARY KEY (kind, value)
 );
+CREATE TABLE IF NOT EXISTS scoped_revocations (
+    namespace  TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('content_hash', 'manifest')),
+    value      TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    cause      TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (namespace, kind, value)
+);
 CREATE TABLE IF NOT EXISTS frozen (
     namespace  TEXT PRIMARY KEY,
     reason     TEXT NOT NULL,
@@ -105,6 +117,7 @@ COPIED_TABLES: tuple[tuple[str, str, str], ...] = (
     ("manifests", "manifest_id, signer, source_type, source_url, signed, payload, created_at", "manifest_id"),
     ("documents", _DOC_COLUMNS, "rowid"),
     ("revocations", "kind, value, reason, created_at", "kind, value"),
+    ("scoped_revocations", "namespace, kind, value, reason, cause, created_at", "namespace, kind, value"),
     ("frozen", "namespace, reason, created_at", "namespace"),
     ("audit_events", "seq, created_at, kind, namespace, detail", "seq"),
 )
@@ -159,6 +172,7 @@ class _Dialect(Protocol):
     insert_manifest: str
     write_documents: str
     replace_revocation: str
+    replace_scoped_revocation: str
     replace_frozen: str
 
     def sql(self, query: str) -> str: ...
@@ -179,6 +193,7 @@ class _SQLite:
     insert_manifest = "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?)"
     write_documents = "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     replace_revocation = "INSERT OR REPLACE INTO revocations VALUES (?, ?, ?, ?)"
+    replace_scoped_revocation = "INSERT OR REPLACE INTO scoped_revocations VALUES (?, ?, ?, ?, ?, ?)"
     replace_frozen = "INSERT OR REPLACE INTO frozen VALUES (?, ?, ?)"
 
     def __init__(self, path: str) -> None:
@@ -254,7 +269,7 @@ class Ledger:
         # commits (or a backup is restored), which is when this is dropped. With a shared
         # (PostgreSQL) ledger it is also stale once another process bumped the version it was
         # read at.
-        self._revoked_hashes: frozenset[str] | None = None
+        self._revoked_hashes: tuple[frozenset[str], dict[str, frozenset[str]]] | None = None
         self._revoked_version: int | None = None
 
     @property
@@ -373,11 +388,12 @@ class Ledger:
         # Called inside the batch's transaction: every read below goes to its connection.
         if self.is_frozen(namespace):
             raise NamespaceFrozenError(f"namespace {namespace!r} is frozen")
-        if manifest is not None and manifest.manifest_id in self.revoked("manifest"):
+        if manifest is not None and self.manifest_revoked(manifest.manifest_id, namespace):
             raise RevokedContentError(f"manifest {manifest.manifest_id} has been revoked")
         # Uncached, on this transaction's connection, after the write lock: what any other
         # connection or process revoked up to now (a SQLite cache would not know of it).
-        revoked = self._read_revoked_hashes()
+        everywhere, scoped = self._read_revoked_hashes()
+        revoked = everywhere | scoped.get(namespace, frozenset())
         for r in records:
             if r.content_hash in revoked:
                 raise RevokedContentError(f"content hash {r.content_hash} has been revoked", doc_id=r.doc_id)
@@ -464,26 +480,52 @@ class Ledger:
     # -- revocation and freezing ------------------------------------------------------------------
 
     def revoke(self, kind: RevocationKind, value: str, reason: str, *,
-               purge: Sequence[tuple[str, str]] = (), conn: LedgerConnection | None = None) -> None:
+               purge: Sequence[tuple[str, str]] = (), conn: LedgerConnection | None = None,
+               namespace: str | None = None) -> list[tuple[str, str]]:
         """Refuse ``value`` from now on, and drop the ``(namespace, doc_id)`` records it covered.
 
-        Records the value covers that ``purge`` does not list (written by another process into a
-        shared ledger) are dropped too, and listed in the audit event after ``purge``.
+        With ``namespace`` the revocation holds in that namespace only (a tenant's call), and only
+        its records are dropped; without, it holds everywhere (an operator's call). Records the
+        value covers that ``purge`` does not list (written by another process into a shared
+        ledger) are dropped too, and listed in the audit event after ``purge``.
+
+        A manifest revocation also withholds, from now on, the content hashes of exactly the
+        documents ingested under that manifest, in the namespaces they were ingested in: what a
+        manifest merely *lists* is never withheld (it may be another tenant's text).
+
+        Returns:
+            ``(namespace, content_hash)`` of everything this revocation withholds from now on;
+            ``("*", hash)`` for an index-wide content-hash revocation.
         """
         if conn is None:
             with self.transaction() as tx:
-                self.revoke(kind, value, reason, purge=purge, conn=tx)
-            return
-        self._execute(conn, self._d.replace_revocation, (kind, value, reason, time.time()))
+                return self.revoke(kind, value, reason, purge=purge, conn=tx, namespace=namespace)
+        now = time.time()
+        if namespace is None:
+            self._execute(conn, self._d.replace_revocation, (kind, value, reason, now))
+        else:
+            self._execute(conn, self._d.replace_scoped_revocation, (namespace, kind, value, reason, "", now))
         column = "content_hash" if kind == "content_hash" else "manifest_id"
-        listed = set(purge)
-        others = [(ns, d) for ns, d in self._execute(
-            conn, f"SELECT namespace, doc_id FROM documents WHERE {column} = ? ORDER BY rowid", (value,)
-        ).fetchall() if (ns, d) not in listed]
-        self.delete_documents([*purge, *others], conn=conn)
+        scope = "" if namespace is None else " AND namespace = ?"
+        covered = self._execute(
+            conn, f"SELECT namespace, doc_id, content_hash FROM documents WHERE {column} = ?{scope} ORDER BY rowid",
+            (value,) if namespace is None else (value, namespace)).fetchall()
+        listed = set(purge) if namespace is None else {p for p in purge if p[0] == namespace}
+        others = [(ns, d) for ns, d, _ in covered if (ns, d) not in listed]
+        withheld: list[tuple[str, str]]
+        if kind == "content_hash":
+            withheld = [(namespace or "*", value)]
+        else:
+            withheld = sorted({(ns, h) for ns, _, h in covered})
+            self._d.executemany(self._d.replace_scoped_revocation,
+                                [(ns, "content_hash", h, reason, f"manifest:{value}", now) for ns, h in withheld])
+        self.delete_documents([*listed, *others], conn=conn)
         self._d.changed()
-        self._audit(conn, "revoked", None, {"kind": kind, "value": value, "reason": reason,
-                                            "documents": [list(p) for p in [*purge, *others]]})
+        self._audit(conn, "revoked", namespace, {
+            "kind": kind, "value": value, "reason": reason, "scope": namespace or "*",
+            "documents": [list(p) for p in [*listed, *others]],
+            "withheld": [list(p) for p in withheld]})
+        return withheld
 
     def delete_documents(self, keys: Sequence[tuple[str, str]], *, conn: LedgerConnection | None = None) -> None:
         """Drop the records of ``(namespace, doc_id)`` pairs."""
@@ -494,32 +536,47 @@ class Ledger:
         self._d.executemany("DELETE FROM documents WHERE namespace = ? AND doc_id = ?", keys)
 
     def revocations(self) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT kind, value, reason, created_at FROM revocations ORDER BY created_at")
-        return [{"kind": k, "value": v, "reason": r, "at": at} for k, v, r, at in rows]
+        """Every revocation: index-wide ones (``namespace`` None) and namespace-scoped ones; the
+        hashes a manifest revocation withholds are listed under that manifest, not here."""
+        rows = [(at, k, v, r, None) for k, v, r, at in
+                self._rows("SELECT kind, value, reason, created_at FROM revocations")]
+        rows += [(at, k, v, r, ns) for ns, k, v, r, at in self._rows(
+            "SELECT namespace, kind, value, reason, created_at FROM scoped_revocations WHERE cause = ''")]
+        rows.sort(key=lambda row: row[0])
+        return [{"kind": k, "value": v, "reason": r, "at": at, "namespace": ns} for at, k, v, r, ns in rows]
 
-    def revoked_hashes(self) -> frozenset[str]:
-        """Every content hash that must stay out: revoked ones, and those listed by revoked manifests."""
+    def revoked_hashes(self, namespace: str | None = None) -> frozenset[str]:
+        """Every content hash that must stay out of ``namespace``: revoked index-wide, revoked in
+        that namespace, or ingested there under a revoked manifest (without ``namespace``: the
+        index-wide ones only)."""
         with self._lock:
             if not self._in_transaction:  # a search-only process must recover from a dropped session
                 self._d.reconnect()
             version = self._d.version()  # read first: a revocation after it makes the next call reload
-            if self._revoked_hashes is not None and version == self._revoked_version:
-                return self._revoked_hashes
-            self._revoked_hashes = self._read_revoked_hashes()
-            self._revoked_version = version
-            return self._revoked_hashes
+            cached = self._revoked_hashes
+            if cached is None or version != self._revoked_version:
+                cached = self._revoked_hashes = self._read_revoked_hashes()
+                self._revoked_version = version
+            everywhere, scoped = cached
+            if namespace is None:
+                return everywhere
+            own = scoped.get(namespace)
+            return everywhere if own is None else everywhere | own
 
-    def _read_revoked_hashes(self) -> frozenset[str]:
-        """:meth:`revoked_hashes` read from the database, never from the cache."""
-        hashes = self.revoked("content_hash")
-        payloads = self._rows(
-            "SELECT m.payload FROM manifests m JOIN revocations r"
-            " ON r.kind = 'manifest' AND r.value = m.manifest_id")
-        for (payload,) in payloads:
-            body = orjson.loads(payload)
-            body = body.get("manifest", body)  # a signed manifest wraps its body
-            hashes.update(body.get("content_hashes", ()))
-        return frozenset(hashes)
+    def _read_revoked_hashes(self) -> tuple[frozenset[str], dict[str, frozenset[str]]]:
+        """Index-wide revoked hashes, and per namespace the scoped ones, from the database."""
+        scoped: dict[str, set[str]] = {}
+        for ns, value in self._rows(
+                "SELECT namespace, value FROM scoped_revocations WHERE kind = 'content_hash'"):
+            scoped.setdefault(ns, set()).add(value)
+        return frozenset(self.revoked("content_hash")), {ns: frozenset(v) for ns, v in scoped.items()}
+
+    def manifest_revoked(self, manifest_id: str, namespace: str) -> bool:
+        """Whether ``manifest_id`` is revoked index-wide or in ``namespace``."""
+        return bool(self._rows(
+            "SELECT 1 FROM revocations WHERE kind = 'manifest' AND value = ?"
+            " UNION ALL SELECT 1 FROM scoped_revocations WHERE kind = 'manifest' AND value = ? AND namespace = ?",
+            (manifest_id, manifest_id, namespace)))
 
     def frozen(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT namespace FROM frozen ORDER BY namespace")]

@@ -118,6 +118,8 @@ class PostgresDialect:
                               [*(c.strip() for c in _DOC_COLUMNS.split(",")[2:]), "rowid"])
     replace_revocation = _upsert("revocations", "kind, value, reason, created_at", "kind, value",
                                  ["reason", "created_at"])
+    replace_scoped_revocation = _upsert("scoped_revocations", "namespace, kind, value, reason, cause, created_at",
+                                        "namespace, kind, value", ["reason", "cause", "created_at"])
     replace_frozen = _upsert("frozen", "namespace, reason, created_at", "namespace", ["reason", "created_at"])
 
     def __init__(self, url: str) -> None:

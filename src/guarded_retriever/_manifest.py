@@ -1,9 +1,9 @@
 """Signed ingest manifests: who vouches for a batch of documents, and for exactly which texts.
 
-One manifest covers a batch: it lists the content hash (``xxh64``) and a BLAKE2b-128 digest of
-every document's canonical text, so the ed25519 signature is verified once per batch, not once per
-document (≈70 µs each). The digest is there because xxh64 is not collision resistant: an attacker
-could otherwise craft a different text with a signed hash.
+One manifest covers a batch: it lists the BLAKE2b-128 digest (the content hash the index keys on)
+and an ``xxh64`` fingerprint of every document's canonical text, so the ed25519 signature is
+verified once per batch, not once per document (≈70 µs each). Only the digest vouches for a text:
+xxh64 is not collision resistant, and is listed for format compatibility only.
 
 The signed bytes are a domain-separation tag followed by canonical JSON: UTF-8, sorted keys, no
 insignificant whitespace, ``crawl_time`` as ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` in UTC. The tag keeps
@@ -32,7 +32,7 @@ from pydantic import (
 
 from ._canonical import canonicalize
 from ._exceptions import ManifestError, SignatureError
-from ._fingerprint import content_digest, content_hash
+from ._fingerprint import content_digest, fingerprint64
 
 __all__ = ["IngestManifest", "ManifestSigner", "SignedManifest"]
 
@@ -67,9 +67,10 @@ class IngestManifest(_ManifestModel):
     signer: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     """The signer's ed25519 public key, 64 lowercase hex digits."""
     content_hashes: tuple[_Hash, ...] = Field(min_length=1)
-    """``xxh64`` of each document's canonical text."""
+    """``xxh64`` fingerprints of each document's canonical text (listed, never trusted)."""
     content_digests: tuple[_Digest, ...] = Field(min_length=1)
-    """BLAKE2b-128 of each document's canonical text, in the same order as ``content_hashes``."""
+    """BLAKE2b-128 of each document's canonical text (its content hash in the index), in the same
+    order as ``content_hashes``."""
     schema_rev: int = SCHEMA_REV
     """The manifest format revision."""
     hsts: bool = False
@@ -113,7 +114,7 @@ class IngestManifest(_ManifestModel):
             source_url=source_url,
             crawl_time=crawl_time or datetime.now(UTC),
             signer=signer,
-            content_hashes=tuple(content_hash(c) for c in canon),
+            content_hashes=tuple(fingerprint64(c) for c in canon),
             content_digests=tuple(content_digest(c) for c in canon),
             hsts=hsts,
         )
@@ -137,9 +138,9 @@ class IngestManifest(_ManifestModel):
         """A stable id: BLAKE2b-128 of the canonical JSON, as 32 hex digits."""
         return hashlib.blake2b(self.canonical_json(), digest_size=16).hexdigest()
 
-    def vouches_for(self) -> dict[str, str]:
-        """``content_hash -> content_digest`` for every document this manifest lists."""
-        return dict(zip(self.content_hashes, self.content_digests, strict=True))
+    def vouches_for(self) -> frozenset[str]:
+        """The content hashes (BLAKE2b digests) of every text this manifest lists."""
+        return frozenset(self.content_digests)
 
 
 class SignedManifest(_ManifestModel):

@@ -21,8 +21,18 @@ Layout of a saved index (a directory)::
                         vectors are not stored (read, hashed) twice
     s<j>/faiss.index    the whole trained HNSW index (``faiss.write_index``), or an IVF one whose
                         lists do not hold exactly the saved vectors; still read from older saves
-    MANIFEST.json       the sha256 of every other file, and the signer's public key
+    MANIFEST.json       the sha256 of every other file, the signer's public key and the index's
+                        generation
     MANIFEST.sig        ed25519 over a context tag + MANIFEST.json
+
+Every save writes a generation one above the saved index's own (a new index starts at 0), inside
+the signed manifest, so an older, validly signed copy put back over a newer one (a rollback that
+would undo revocations and freezes) is told apart: ``load(..., min_generation=N)`` refuses a
+generation below ``N``, ``generation=N`` anything but ``N`` (:class:`RollbackError`). Keep the
+generation each save returns (``index.generation``) where the storage cannot rewrite it.
+
+Format v2 keys documents by a BLAKE2b content hash; v1 saves (xxh64 identities) are refused with
+:class:`IndexFormatError`.
 
 Loading checks the signature first (the signer must be on the caller's allowlist), then reads
 every file once and checks its checksum, and refuses missing or unlisted files, before it parses
@@ -53,7 +63,15 @@ import orjson
 from ._bm25 import BM25Shard
 from ._config import GuardConfig
 from ._dense import faiss
-from ._exceptions import GuardedRetrieverError, IntegrityError, SignatureError, UntrustedSignerError
+from ._exceptions import (
+    ConfigError,
+    GuardedRetrieverError,
+    IndexFormatError,
+    IntegrityError,
+    RollbackError,
+    SignatureError,
+    UntrustedSignerError,
+)
 from ._ledger import Ledger
 from ._manifest import ManifestSigner
 from ._poison import FEATURES, PoisonModel
@@ -65,7 +83,10 @@ if TYPE_CHECKING:
 
 __all__ = ["load_index", "save_index"]
 
-FORMAT = "guarded-retriever/index/v1"
+FORMAT = "guarded-retriever/index/v2"
+_OLD_FORMATS = {"guarded-retriever/index/v1": "it keys documents and revocations by xxh64, which is not "
+                "collision resistant; re-ingest its documents from their sources (their signed "
+                "manifests still verify) into an index of this version and save that"}
 _CONTEXT = b"guarded-retriever/index-manifest/v1\n"
 _MANIFEST, _SIGNATURE = "MANIFEST.json", "MANIFEST.sig"
 
@@ -208,8 +229,10 @@ def save_index(index: GuardedIndex, path: str | Path, *, signer: ManifestSigner 
                 index.ledger.backup_to(backup)
             backup.close()
         files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        generation = index.generation + 1
         manifest = orjson.dumps({
             "format": FORMAT,
+            "generation": generation,
             "created": time.time(),
             "signer": signer.public_key if signer is not None else None,
             "files": files,
@@ -221,6 +244,7 @@ def save_index(index: GuardedIndex, path: str | Path, *, signer: ManifestSigner 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    index.generation = generation
     return dest
 
 
@@ -255,8 +279,27 @@ def _workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _check_generation(root: Path, found: int, min_generation: int | None, generation: int | None) -> None:
+    """Refuse a saved index older than (or other than) the generation the caller requires."""
+    for name, value in (("min_generation", min_generation), ("generation", generation)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    if generation is not None and found != generation:
+        raise RollbackError(
+            f"{root} is generation {found}, not the generation {generation} required: a different "
+            "snapshot is in place (an older one undoes revocations and freezes). Restore the copy "
+            "you expect, or pass the generation you mean to load", generation=found, required=generation)
+    if min_generation is not None and found < min_generation:
+        raise RollbackError(
+            f"{root} is generation {found}, older than the generation {min_generation} required: an "
+            "older snapshot was put back (it would undo later revocations and freezes). Restore "
+            f"the newest copy, or pass min_generation={found} if the rollback is intended",
+            generation=found, required=min_generation)
+
+
 def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: bool,
-                    pool: ThreadPoolExecutor | None = None, faiss_readers: bool = False
+                    pool: ThreadPoolExecutor | None = None, faiss_readers: bool = False, *,
+                    min_generation: int | None = None, generation: int | None = None,
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check the signature, then read every listed file once and check its sha256.
 
@@ -273,8 +316,14 @@ def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: 
         signer = manifest.get("signer")
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{root}: no readable {_MANIFEST} ({exc})") from None
+    if manifest.get("format") in _OLD_FORMATS:
+        raise IndexFormatError(f"{root} was saved in format {manifest['format']!r}, which this version "
+                               f"refuses: {_OLD_FORMATS[manifest['format']]}")
     if manifest.get("format") != FORMAT:
         raise IntegrityError(f"{root}: unknown format {manifest.get('format')!r}")
+    found = manifest.get("generation")
+    if not isinstance(found, int) or isinstance(found, bool) or found < 1:
+        raise IntegrityError(f"{root}: {_MANIFEST} has no valid generation")
     sig_path = root / _SIGNATURE
     if sig_path.exists():
         if not isinstance(signer, str) or signer not in set(trusted_signers):
@@ -289,6 +338,7 @@ def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: 
         raise IntegrityError(f"{root}: the manifest names signer {str(signer)[:16]}... but its signature was removed")
     elif not allow_unsigned:
         raise IntegrityError(f"{root} is unsigned; pass allow_unsigned=True to load it anyway")
+    _check_generation(root, manifest["generation"], min_generation, generation)
     base = root.resolve()
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {_MANIFEST, _SIGNATURE}
     if present != set(files):
@@ -322,17 +372,21 @@ def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: 
     return dict(manifest), blobs
 
 
-def verify_saved(path: str | Path, *, trusted_signers: Iterable[str] = (), allow_unsigned: bool = False
-                 ) -> dict[str, Any]:
-    """Check a saved index's signature and checksums without loading it; returns its manifest.
+def verify_saved(path: str | Path, *, trusted_signers: Iterable[str] = (), allow_unsigned: bool = False,
+                 min_generation: int | None = None, generation: int | None = None) -> dict[str, Any]:
+    """Check a saved index's signature and checksums without loading it; returns its manifest
+    (``manifest["generation"]`` is its generation).
 
     Raises:
         IntegrityError: unsigned (and not allowed), a file missing, unlisted or changed.
+        IndexFormatError: saved in a format this version refuses.
+        RollbackError: its generation is below ``min_generation``, or not ``generation``.
         UntrustedSignerError: signed by a key that is not on ``trusted_signers``.
         SignatureError: the signature does not verify, or was removed.
     """
     with ThreadPoolExecutor(_workers()) as pool:
-        manifest, _ = _verified_files(Path(path), trusted_signers, allow_unsigned, pool)
+        manifest, _ = _verified_files(Path(path), trusted_signers, allow_unsigned, pool,
+                                      min_generation=min_generation, generation=generation)
     return manifest
 
 
@@ -360,6 +414,8 @@ def load_index(
     allow_unsigned: bool = False,
     embedder: Any = None,
     ledger_path: str | Path | None = None,
+    min_generation: int | None = None,
+    generation: int | None = None,
 ) -> GuardedIndex:
     """Verify and load a saved index (see the module docstring for what is checked).
 
@@ -368,6 +424,8 @@ def load_index(
         allow_unsigned: load an index saved without a signer (only for trusted storage).
         embedder: for queries without vectors, as in :class:`GuardedIndex`.
         ledger_path: where the loaded ledger lives from now on; in memory when ``None``.
+        min_generation: refuse a saved index of an older generation (a rollback).
+        generation: refuse any saved index but this generation.
 
     Raises:
         IntegrityError, SignatureError, UntrustedSignerError: see :func:`verify_saved`; also an
@@ -376,7 +434,8 @@ def load_index(
     """
     root = Path(path)
     with ThreadPoolExecutor(_workers()) as pool:
-        _, blobs = _verified_files(root, trusted_signers, allow_unsigned, pool, True)  # FAISS readers
+        manifest, blobs = _verified_files(root, trusted_signers, allow_unsigned, pool, True,  # FAISS readers
+                                          min_generation=min_generation, generation=generation)
         # Everything is verified. The FAISS indexes deserialise on the pool (faiss releases the
         # GIL) while this thread restores the ledger and parses the rest.
         readers = {name: blobs.pop(name) for name in [n for n in blobs if _is_faiss(n)]}
@@ -388,7 +447,9 @@ def load_index(
             else:
                 trained[name] = pool.submit(faiss.read_index, reader)
         try:
-            return _build_index(root, blobs, trained, embedder, ledger_path)
+            index = _build_index(root, blobs, trained, embedder, ledger_path)
+            index.generation = manifest["generation"]
+            return index
         finally:
             for future in trained.values():
                 future.cancel()

@@ -26,39 +26,58 @@ _MIN_QUERY_TOKENS = 4
 
 
 class EchoScorer:
-    """``query_echo`` for one query against many passages; the query's 3-grams are built once."""
+    """``query_echo`` for one query against many passages; the query's 3-grams are built once.
 
-    __slots__ = ("_grams", "_query", "_scale")
+    The cost is linear in the passage and the query. A query with few distinct 3-grams looks each
+    up with ``in`` (a C scan of the passage per gram); one with more splits the passage into its
+    words once and looks every gram up in the set of its word 3-grams. Both count the same grams:
+    canonical text is words separated by single spaces, so ``" a b c "`` occurs in the padded
+    passage exactly when ``(a, b, c)`` is one of its consecutive word triples.
+    """
+
+    __slots__ = ("_counts", "_query", "_scale", "_total")
+
+    _SCAN_GRAMS = 16
+    """Up to this many distinct grams, ``in`` scans beat building the passage's gram set."""
 
     def __init__(self, query_canonical: str, query_tokens: Sequence[str]) -> None:
         self._query = query_canonical
         t = query_tokens
-        self._grams = (
-            [f" {t[i]} {t[i + 1]} {t[i + 2]} " for i in range(len(t) - 2)]
-            if len(t) >= _MIN_QUERY_TOKENS else []
-        )
+        counts: dict[tuple[str, str, str], int] = {}
+        if len(t) >= _MIN_QUERY_TOKENS:
+            for gram in zip(t, t[1:], t[2:], strict=False):
+                counts[gram] = counts.get(gram, 0) + 1
+        self._counts = counts
+        self._total = sum(counts.values())
         self._scale = min(1.0, (len(t) - _MIN_QUERY_TOKENS + 1) / 4)
 
     def __call__(self, passage_canonical: str) -> float:
         """How verbatim the passage repeats the query, in [0, 1]."""
-        grams = self._grams
-        if not grams:
+        total = self._total
+        if not total:
             return 0.0
         if self._query in passage_canonical:
             return self._scale
-        padded = f" {passage_canonical} "
         # The strength is positive only when more than half of the grams occur, so stop at the
         # first miss that rules that out: most passages of a pool echo nothing.
-        allowed = len(grams) - (len(grams) // 2 + 1)
+        allowed = total - (total // 2 + 1)
+        counts = self._counts
+        if len(counts) <= self._SCAN_GRAMS:
+            padded = f" {passage_canonical} "
+            present = (f" {a} {b} {c} " in padded for a, b, c in counts)
+        else:
+            words = passage_canonical.split(" ")
+            grams = set(zip(words, words[1:], words[2:], strict=False))
+            present = (gram in grams for gram in counts)
         found = missed = 0
-        for gram in grams:
-            if gram in padded:
-                found += 1
+        for n, hit in zip(counts.values(), present, strict=True):
+            if hit:
+                found += n
             else:
-                missed += 1
+                missed += n
                 if missed > allowed:
                     return 0.0
-        return self._scale * max(0.0, (found / len(grams) - 0.5) / 0.5)
+        return self._scale * max(0.0, (found / total - 0.5) / 0.5)
 
 
 def query_echo(query_canonical: str, query_tokens: Sequence[str], passage_canonical: str) -> float:

@@ -4,7 +4,7 @@
 saved index directory (see :meth:`guarded_retriever.GuardedIndex.save`)::
 
     guarded-retriever metrics INDEX_DIR --trusted-signer HEX
-    guarded-retriever export  INDEX_DIR --trusted-signer HEX [--content-hash H] [--manifest M]
+    guarded-retriever export  INDEX_DIR --trusted-signer HEX [--content-hash H] [--fingerprint F] [--manifest M]
                               [--domain D] [--reason R] [--out FILE]
     guarded-retriever freeze  INDEX_DIR --trusted-signer HEX --signing-key FILE --namespace KEY --reason TEXT
     guarded-retriever unfreeze INDEX_DIR --trusted-signer HEX --signing-key FILE --namespace KEY
@@ -13,7 +13,9 @@ saved index directory (see :meth:`guarded_retriever.GuardedIndex.save`)::
     guarded-retriever rebuild INDEX_DIR --trusted-signer HEX --signing-key FILE
     guarded-retriever verify  INDEX_DIR --trusted-signer HEX --gold FILE.jsonl [--embedder hashing]
 
-Every command verifies the index's signature and checksums before it reads anything; trusted keys
+Every command verifies the index's signature and checksums before it reads anything, and with
+``--min-generation N`` (or ``--generation N``) refuses an older, validly signed copy put back over a
+newer one (each save prints the generation it wrote); trusted keys
 come from ``--trusted-signer`` (repeatable) and ``$GUARDED_RETRIEVER_TRUSTED_SIGNERS``
 (comma-separated). ``--allow-unsigned`` accepts an unsigned index. The mutating commands
 (``freeze``, ``unfreeze``, ``revoke``, ``rebuild``) save the index back, re-signed with
@@ -153,7 +155,8 @@ def _load(args: argparse.Namespace, path: Path, *, embedder: str | None = None) 
     if not trusted and not args.allow_unsigned:
         raise CommandError(f"no trusted signer: pass --trusted-signer HEX (or set ${TRUSTED_SIGNERS_ENV}), "
                            "or --allow-unsigned for an unsigned index")
-    index = GuardedIndex.load(path, trusted_signers=trusted, allow_unsigned=args.allow_unsigned)
+    index = GuardedIndex.load(path, trusted_signers=trusted, allow_unsigned=args.allow_unsigned,
+                              min_generation=args.min_generation, generation=args.generation)
     # Built after the load so the hashing embedder gets the index's own dimension.
     model = _embedder(embedder, index.dim)
     if model is not None:
@@ -212,7 +215,8 @@ def _save_over(index: GuardedIndex, path: Path, signer: ManifestSigner | None) -
         raise
     shutil.rmtree(old, ignore_errors=True)
     who = f"signed by {signer.public_key}" if signer is not None else "UNSIGNED"
-    print(f"saved {path} ({who})", file=sys.stderr)
+    print(f"saved {path} ({who}, generation {index.generation}: pass --min-generation "
+          f"{index.generation} from now on to refuse an older copy)", file=sys.stderr)
 
 
 def _print_json(value: Any) -> None:
@@ -257,7 +261,11 @@ def _check_hex(value: str | None, n: int, what: str) -> str | None:
 
 
 def _revoke(args: argparse.Namespace, index: GuardedIndex) -> Result:
-    report = index.revoke(content_hash=_check_hex(args.content_hash, 16, "--content-hash"),
+    from ._fingerprint import is_legacy_hash
+
+    chash = args.content_hash
+    # An old 16-digit xxh64 hash goes to the core, whose error says what to do instead.
+    report = index.revoke(content_hash=chash if is_legacy_hash(chash) else _check_hex(chash, 32, "--content-hash"),
                           manifest_id=_check_hex(args.manifest, 32, "--manifest"),
                           reason=args.reason, embedder=index.embedder)
     if not report.removed:
@@ -272,7 +280,7 @@ def _rebuild(args: argparse.Namespace, index: GuardedIndex) -> Result:
 
 def _export(args: argparse.Namespace, index: GuardedIndex) -> Result:
     rows = index.export_suspects(content_hash=args.content_hash, manifest_id=args.manifest,
-                                 domain=args.domain, reason=args.reason)
+                                 domain=args.domain, reason=args.reason, fingerprint=args.fingerprint)
     lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
     if args.out is None:
         sys.stdout.write(lines)
@@ -356,6 +364,10 @@ def _index_options(parser: argparse.ArgumentParser, *, mutates: bool) -> None:
     parser.add_argument("--trusted-signer", action="append", metavar="HEX",
                         help=f"an ed25519 public key whose signature is accepted (repeatable; also "
                              f"${TRUSTED_SIGNERS_ENV}, comma-separated)")
+    parser.add_argument("--min-generation", type=int, metavar="N",
+                        help="refuse a saved index older than generation N (a rollback to an earlier, "
+                             "validly signed copy); every save prints its generation")
+    parser.add_argument("--generation", type=int, metavar="N", help="refuse any saved index but generation N")
     parser.add_argument("--allow-unsigned", action="store_true",
                         help="accept an unsigned index" + ("; save unsigned when no signing key is given"
                                                           if mutates else ""))
@@ -385,7 +397,10 @@ def _add_incident_commands(sub: Any) -> None:
 
     p = sub.add_parser("export", help="write stored documents matching every filter as JSONL")
     _index_options(p, mutates=False)
-    p.add_argument("--content-hash", metavar="H")
+    p.add_argument("--content-hash", metavar="H", help="a content hash (32 hex digits, BLAKE2b)")
+    p.add_argument("--fingerprint", metavar="F",
+                   help="an xxh64 fingerprint (16 hex digits) as older reports named documents; "
+                        "revoke what it finds by --content-hash")
     p.add_argument("--manifest", metavar="M", help="a manifest id")
     p.add_argument("--domain", metavar="D", help="the source URL's host or a parent domain")
     p.add_argument("--reason", metavar="R", help="a poison reason, e.g. instruction_override")

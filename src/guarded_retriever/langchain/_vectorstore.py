@@ -449,6 +449,8 @@ class GuardedVectorStore(VectorStore):
         trusted_signers: Iterable[str] = (),
         allow_unsigned: bool = False,
         base: VectorStore | None = None,
+        min_generation: int | None = None,
+        generation: int | None = None,
         **kwargs: Any,
     ) -> Self:
         """Verify and load a folder written by :meth:`save_local`, as a store bound to ``namespace``.
@@ -461,6 +463,8 @@ class GuardedVectorStore(VectorStore):
             namespace: the bound namespace.
             trusted_signers: hex ed25519 public keys whose signature is accepted.
             allow_unsigned: load a folder saved with ``signer=None`` (only from trusted storage).
+            min_generation, generation: refuse an older (or another) saved generation than this
+                (``RollbackError``); ``store.index.generation`` is the one the last save wrote.
             base: ``None`` to search over the index's own FAISS; otherwise the caller's base store,
                 used as it is (already populated, never written to by the load): only the guarded
                 index comes from the folder. Documents the index does not hold are never served,
@@ -473,24 +477,27 @@ class GuardedVectorStore(VectorStore):
             UntrustedSignerError, SignatureError: signed by an untrusted key, or a bad signature.
         """
         index = GuardedIndex.load(
-            folder_path, trusted_signers=trusted_signers, allow_unsigned=allow_unsigned, embedder=embeddings
+            folder_path, trusted_signers=trusted_signers, allow_unsigned=allow_unsigned, embedder=embeddings,
+            min_generation=min_generation, generation=generation,
         )
         return cls(base, namespace=namespace, index=index, **kwargs)
 
     def revoke(
         self, *, content_hash: str | None = None, manifest_id: str | None = None, reason: str = "revoked"
     ) -> RevocationReport:
-        """Revoke a content hash or a manifest: from the index and from the base and quarantine stores.
+        """Revoke a content hash or a manifest in the bound namespace: from the index and from the
+        base and quarantine stores.
 
-        This is :meth:`GuardedIndex.revoke` (which reaches every namespace of the index, not only the
-        bound one, and refuses the content from now on), followed by deleting the removed documents'
-        copies from ``base`` and ``quarantine_store`` (and from the stores of every other
-        ``GuardedVectorStore`` over the same index). ``store.index.revoke(...)`` does the same.
+        This is :meth:`GuardedIndex.revoke` scoped to the bound namespace (it removes and refuses
+        the content there only, and reports nothing of other tenants), followed by deleting the
+        removed documents' copies from ``base`` and ``quarantine_store``. The index-wide call,
+        which reaches every namespace, is the operator's: ``store.index.revoke(...)``.
 
         Returns:
             The :class:`RevocationReport`; ``removed`` lists the ``(namespace, id)`` pairs purged.
         """
-        return self.index.revoke(content_hash=content_hash, manifest_id=manifest_id, reason=reason)
+        return self.index.revoke(content_hash=content_hash, manifest_id=manifest_id, reason=reason,
+                                 namespace=self.namespace)
 
     def search_quarantine(self, query: str, k: int = 10) -> list[Document]:
         """What the guard withheld in this namespace, nearest first, for review (never served)."""

@@ -224,10 +224,12 @@ class GuardedRetriever(BaseRetriever):
 
     def revoke(self, *, content_hash: str | None = None, manifest_id: str | None = None,
                reason: str = "revoked") -> RevocationReport:
-        """Revoke one content hash or one manifest, in every namespace of the index.
+        """Revoke one content hash or one manifest in this retriever's namespace.
 
-        Calls :meth:`GuardedIndex.revoke` (which purges the core and refuses the content from now
-        on), then deletes the removed documents' copies from ``vector_store`` and
+        Calls :meth:`GuardedIndex.revoke` scoped to the namespace (it purges the core's copies
+        there and refuses the content there from now on, and reports nothing of other
+        namespaces; ``retriever.index.revoke(...)`` is the operator's index-wide call), then
+        deletes the removed documents' copies from ``vector_store`` and
         ``quarantine_store`` and forgets them here. A revocation called on the core directly does
         the same for every retriever over it, so this is a convenience, not a requirement.
 
@@ -238,7 +240,8 @@ class GuardedRetriever(BaseRetriever):
             ConfigError: not exactly one of ``content_hash`` and ``manifest_id`` was given.
         """
         # index.revoke is wrapped per instance (see _store): it purges every registered store.
-        return self.index.revoke(content_hash=content_hash, manifest_id=manifest_id, reason=reason)
+        return self.index.revoke(content_hash=content_hash, manifest_id=manifest_id, reason=reason,
+                                 namespace=self._namespace.key)
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -269,6 +272,8 @@ class GuardedRetriever(BaseRetriever):
         trusted_signers: Iterable[str] = (),
         allow_unsigned: bool = False,
         vector_store: BasePydanticVectorStore | None = None,
+        min_generation: int | None = None,
+        generation: int | None = None,
         **kwargs: Any,
     ) -> GuardedRetriever:
         """A retriever over an index saved by :meth:`persist`, verified before it is read.
@@ -280,6 +285,8 @@ class GuardedRetriever(BaseRetriever):
                 with (the saved vectors are used as they are).
             trusted_signers: public keys whose signature is accepted.
             allow_unsigned: load an unsigned directory too.
+            min_generation, generation: refuse an older (or another) saved generation than this
+                (``RollbackError``); ``retriever.index.generation`` is the one the last save wrote.
             vector_store: ``None`` searches the core's own FAISS shards. A store given here must
                 already hold the copies a retriever wrote before :meth:`persist` (it is not
                 written to); they are recognised by their derived ids.
@@ -298,7 +305,8 @@ class GuardedRetriever(BaseRetriever):
             raise ConfigError("embed_model must be a LlamaIndex BaseEmbedding (it is never taken "
                               f"from Settings), got {type(embed_model).__name__}")
         core = GuardedIndex.load(persist_dir, trusted_signers=trusted_signers,
-                                 allow_unsigned=allow_unsigned, embedder=embed_model)
+                                 allow_unsigned=allow_unsigned, embedder=embed_model,
+                                 min_generation=min_generation, generation=generation)
         retriever = cls(namespace=namespace, embed_model=embed_model, index=core,
                         vector_store=vector_store, **kwargs)
         retriever._stores.adopt()

@@ -1,0 +1,344 @@
+"""Regression tests for the red-team review of issue 20, one (or a few) per finding.
+
+Each test is named after its finding (``test_fNN_...``) and failed on the code the review read.
+Nothing here times anything: a stall is measured by what bounds it (a cap, a count of steps).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+import pytest
+
+import guarded_retriever as gr
+from guarded_retriever import _index as index_module
+from guarded_retriever._canonical import MAX_COMBINING_RUN
+from guarded_retriever.testing import HashingEmbedder
+
+NS_A = {"tenant_id": "acme", "product_id": "kb", "env": "prod"}
+NS_B = {"tenant_id": "globex", "product_id": "kb", "env": "prod"}
+SIGNER = gr.ManifestSigner.from_seed(b"\x01" * 32)
+URL = "https://docs.example.com/kb"
+DOCS = [
+    ("a-reset", "To reset your password open Settings, choose Security and follow the emailed link."),
+    ("a-invoice", "Invoices are issued on the first business day of each month and can be paid by card."),
+    ("a-rate", "The public API allows 600 requests per minute per organisation before throttling."),
+]
+
+
+def policy(**kw: Any) -> gr.TrustPolicy:
+    return gr.TrustPolicy(trusted_signers={SIGNER.public_key}, allowed_domains={"example.com"}, **kw)
+
+
+def sign(texts: list[str], url: str = URL) -> gr.SignedManifest:
+    return SIGNER.sign_texts(texts, source_type="web", source_url=url, hsts=True)
+
+
+def make_index(**config: Any) -> gr.GuardedIndex:
+    return gr.GuardedIndex(HashingEmbedder(), policy=policy(), config=gr.GuardConfig(**config))
+
+
+def add(index: gr.GuardedIndex, docs: list[tuple[str, str]], ns: dict[str, str] = NS_A,
+        **kw: Any) -> gr.IngestReport:
+    return index.add(docs, namespace=ns, manifest=sign([t for _, t in docs]), **kw)
+
+
+@pytest.fixture
+def index() -> gr.GuardedIndex:
+    idx = make_index()
+    add(idx, DOCS)
+    return idx
+
+
+# -- F1: one query froze the process --------------------------------------------------------------
+
+
+def _longest_non_starter_run(text: str) -> int:
+    best = run = 0
+    for ch in unicodedata.normalize("NFD", text):
+        run = run + 1 if unicodedata.combining(ch) else 0
+        best = max(best, run)
+    return best
+
+
+def test_f01_query_length_capped(index: gr.GuardedIndex) -> None:
+    with pytest.raises(gr.QueryError, match="max_query_chars"):
+        index.search("password " * 1000, namespace=NS_A)
+    with pytest.raises(gr.QueryError, match="max_query_chars"):
+        index.screen("x" * 5000, [("a-reset", DOCS[0][1])], namespace=NS_A)
+    assert isinstance(gr.QueryError("x"), gr.ConfigError)  # old `except ConfigError` still catches it
+    assert gr.GuardConfig().max_query_chars == 4096
+    small = make_index(max_query_chars=10)
+    add(small, DOCS)
+    with pytest.raises(gr.QueryError):
+        small.search("reset my password", namespace=NS_A)
+    assert small.search("password", namespace=NS_A).kept
+
+
+@pytest.mark.parametrize("marks", ["\u0301\u0316", "\u0f73", "\u0344\u0323"])
+def test_f01_combining_runs_bounded_before_nfkc(marks: str) -> None:
+    # Mixed combining classes are what CPython's insertion sort reorders; U+0F73 has class 0 but
+    # decomposes into two marks, and U+0344 into two of class 230.
+    text = "a" + marks * 2000 + " b"
+    out = gr.canonicalize(text)
+    assert _longest_non_starter_run(out) <= 2 * MAX_COMBINING_RUN
+    assert out.endswith(" b") and gr.canonicalize(out) == out
+    # Ordinary accented text is untouched.
+    assert gr.canonicalize("Café naïve Ångström ệ") == "café naïve ångström ệ"
+
+
+def test_f01_canonicalised_outside_the_index_lock(index: gr.GuardedIndex,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    readers: list[int] = []
+    real = index_module.canonicalize
+
+    def spy(text: str) -> str:
+        readers.append(index._lock._readers)
+        return real(text)
+
+    monkeypatch.setattr(index_module, "canonicalize", spy)
+    index.search("reset password", namespace=NS_A)
+    index.search_quarantine("reset password", namespace=NS_A)
+    index.screen("reset password", [("a-reset", DOCS[0][1]), ("x", "other text")], namespace=NS_A)
+    assert readers and set(readers) == {0}
+
+
+# -- F7: query_echo was query 3-grams × pool text -----------------------------------------------
+
+
+def _echo_reference(query: str, tokens: list[str], passage: str) -> float:
+    """The review's reading of the feature: one substring scan per query 3-gram."""
+    if len(tokens) < 4:
+        return 0.0
+    scale = min(1.0, (len(tokens) - 3) / 4)
+    if query in passage:
+        return scale
+    grams = [f" {tokens[i]} {tokens[i + 1]} {tokens[i + 2]} " for i in range(len(tokens) - 2)]
+    found = sum(g in f" {passage} " for g in grams)
+    return scale * max(0.0, (found / len(grams) - 0.5) / 0.5)
+
+
+class _CountingText(str):
+    scans = 0
+
+    def split(self, *args: Any, **kwargs: Any) -> list[str]:  # type: ignore[override]
+        type(self).scans += 1
+        return super().split(*args, **kwargs)
+
+
+def test_f07_query_echo_linear() -> None:
+    from guarded_retriever._query_guard import EchoScorer
+
+    words = [f"w{i % 97}" for i in range(600)]  # a long query: hundreds of distinct 3-grams
+    query = gr.canonicalize(" ".join(words))
+    tokens = gr.tokenize(query)
+    scorer = EchoScorer(query, tokens)
+    copied = " ".join(["lead", *words[:450], "x", *words[451:], "tail"])
+    for passage in (copied, "unrelated " * 200, " ".join(words[:200])):
+        _CountingText.scans = 0
+        value = scorer(_CountingText(passage))
+        assert value == pytest.approx(_echo_reference(query, tokens, passage))
+        # One pass over the passage builds its gram set, whatever the query's length.
+        assert _CountingText.scans == 1
+    assert scorer(copied) > 0.9
+    short = gr.canonicalize("causes of chest pain today")
+    for passage in ("the causes of chest pain today are many", "causes of chest pain", "nothing"):
+        assert EchoScorer(short, gr.tokenize(short))(passage) == pytest.approx(
+            _echo_reference(short, gr.tokenize(short), passage))
+
+
+# -- F3: xxh64 was the identity revocation trusted -------------------------------------------------
+
+_M64 = (1 << 64) - 1
+_P1, _P2 = 11400714785074694791, 14029467366897019727
+_XXH_INIT = [(_P1 + _P2) & _M64, _P2, 0, (-_P1) & _M64]
+_CANONICAL_ASCII = bytes(c for c in range(0x21, 0x7F) if not 0x41 <= c <= 0x5A)  # no space, no capitals
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _xxh_round(acc: int, lane: int) -> int:
+    return (_rotl((acc + lane * _P2) & _M64, 31) * _P1) & _M64
+
+
+def _xxh_unround(acc: int, before: int) -> int:
+    """The lane that takes ``before`` to ``acc`` (xxh64's round is a bijection of the lane)."""
+    return ((_rotl((acc * pow(_P1, -1, 1 << 64)) & _M64, 33) - before) * pow(_P2, -1, 1 << 64)) & _M64
+
+
+def xxh64_twin(victim: str) -> str:
+    """A different canonical ASCII text with the victim's length and xxh64: two free 32-byte
+    stripes, the second solved lane by lane so both texts reach the same state after 64 bytes."""
+    import random
+
+    data = victim.encode()
+    rng = random.Random(0)
+    target = list(_XXH_INIT)
+    for stripe in (data[:32], data[32:64]):
+        target = [_xxh_round(a, int.from_bytes(stripe[8 * i: 8 * i + 8], "little")) for i, a in enumerate(target)]
+    out = bytearray(64)
+    allowed = set(_CANONICAL_ASCII)
+    for i in range(4):
+        while True:
+            free = bytes(rng.choice(_CANONICAL_ASCII) for _ in range(8))
+            need = _xxh_unround(target[i], _xxh_round(_XXH_INIT[i], int.from_bytes(free, "little")))
+            solved = need.to_bytes(8, "little")
+            if set(solved) <= allowed:
+                out[8 * i: 8 * i + 8], out[32 + 8 * i: 40 + 8 * i] = free, solved
+                break
+    return (bytes(out) + data[64:]).decode()
+
+
+VICTIM = "to reset your password open settings, choose security and follow the emailed link."
+
+
+def test_f03_xxh64_twin_cannot_purge_another_tenants_document() -> None:
+    twin = xxh64_twin(VICTIM)
+    assert twin != VICTIM and gr.canonicalize(twin) == twin
+    assert gr.fingerprint64(twin) == gr.fingerprint64(VICTIM)  # the collision is real
+    assert gr.content_hash(twin) != gr.content_hash(VICTIM)
+    assert len(gr.content_hash(VICTIM)) == 32
+
+    index = make_index()
+    add(index, [("a-reset", VICTIM)], NS_A)
+    add(index, [("b-twin", twin)], NS_B)
+    # The documented incident steps, on the attacker's document.
+    suspect = next(s for s in index.export_suspects() if s["id"] == "b-twin")
+    report = index.revoke(content_hash=suspect["content_hash"], reason="planted")
+    assert [doc for _, doc in report.removed] == ["b-twin"]
+    assert [r.id for r in index.get(["a-reset"], namespace=NS_A)] == ["a-reset"]
+    assert [h.id for h in index.search("reset password", namespace=NS_A).kept] == ["a-reset"]
+    # The victim's text is not banned either: it can be ingested again (under a new id).
+    add(index, [("a-reset-2", VICTIM)], NS_A)
+
+
+def test_f03_legacy_xxh64_revocation_gives_a_typed_error(index: gr.GuardedIndex) -> None:
+    old = gr.fingerprint64(gr.canonicalize(DOCS[0][1]))
+    with pytest.raises(gr.ConfigError, match="fingerprint"):
+        index.revoke(content_hash=old)
+    with pytest.raises(gr.ConfigError, match="fingerprint"):
+        index.export_suspects(content_hash=old)
+    # What the error points to: find by fingerprint, revoke by content hash.
+    [found] = index.export_suspects(fingerprint=old)
+    assert found["id"] == "a-reset" and found["fingerprint"] == old
+    assert index.revoke(content_hash=found["content_hash"]).removed == ((gr.Namespace.of(**NS_A).key, "a-reset"),)
+
+
+def test_f03_old_saved_format_refused_with_a_typed_error(index: gr.GuardedIndex, tmp_path: Any) -> None:
+    import orjson
+
+    path = index.save(tmp_path / "idx", signer=None)
+    manifest = orjson.loads((path / "MANIFEST.json").read_bytes())
+    manifest["format"] = "guarded-retriever/index/v1"
+    (path / "MANIFEST.json").write_bytes(orjson.dumps(manifest))
+    with pytest.raises(gr.IndexFormatError, match="re-ingest"):
+        gr.GuardedIndex.load(path, allow_unsigned=True)
+
+
+# -- F4: rollback to an older, validly signed copy ------------------------------------------------
+
+
+def test_f04_rollback_refused_by_generation(index: gr.GuardedIndex, tmp_path: Any) -> None:
+    import shutil
+
+    trusted = [SIGNER.public_key]
+    assert index.generation == 0
+    old = index.save(tmp_path / "gen1", signer=SIGNER)
+    assert index.generation == 1
+    doomed = gr.content_hash(gr.canonicalize(DOCS[0][1]))
+    index.revoke(content_hash=doomed, reason="incident")
+    live = index.save(tmp_path / "live", signer=SIGNER)
+    assert index.generation == 2
+    # An attacker with write access to the storage (and no key) puts the older copy back.
+    shutil.rmtree(live)
+    shutil.copytree(old, live)
+    with pytest.raises(gr.RollbackError, match="older snapshot") as caught:
+        gr.GuardedIndex.load(live, trusted_signers=trusted, min_generation=2)
+    assert (caught.value.generation, caught.value.required) == (1, 2)
+    assert isinstance(caught.value, gr.IntegrityError)
+    with pytest.raises(gr.RollbackError):
+        gr.GuardedIndex.load(live, trusted_signers=trusted, generation=2)
+    # The generation is signed: editing it breaks the signature.
+    import orjson
+
+    manifest = orjson.loads((live / "MANIFEST.json").read_bytes())
+    manifest["generation"] = 2
+    (live / "MANIFEST.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS))
+    with pytest.raises(gr.SignatureError):
+        gr.GuardedIndex.load(live, trusted_signers=trusted, min_generation=2)
+    loaded = gr.GuardedIndex.load(old, trusted_signers=trusted, generation=1)
+    assert loaded.generation == 1
+    loaded.save(tmp_path / "gen2", signer=SIGNER)
+    assert loaded.generation == 2
+
+
+def test_f04_rollback_refused_by_the_cli(index: gr.GuardedIndex, tmp_path: Any, capsys: Any) -> None:
+    from guarded_retriever.cli import main
+
+    path = index.save(tmp_path / "idx", signer=SIGNER)
+    code = main(["metrics", str(path), "--trusted-signer", SIGNER.public_key, "--min-generation", "2"])
+    assert code == 2 and "RollbackError" in capsys.readouterr().err
+    assert main(["metrics", str(path), "--trusted-signer", SIGNER.public_key, "--generation", "1"]) == 0
+
+
+# -- F5: a manifest listing texts that never arrived -----------------------------------------------
+
+KEY_A = gr.Namespace.of(**NS_A).key
+KEY_B = gr.Namespace.of(**NS_B).key
+
+
+def test_f05_manifest_revocation_withholds_only_what_it_ingested(index: gr.GuardedIndex) -> None:
+    victim = DOCS[0][1]  # tenant A's text
+    own = "Globex staff reset their password at the kiosk on the third floor."
+    # Tenant B's manifest lists A's text too, but only B's own text arrives under it.
+    manifest = sign([own, victim])
+    index.add([("b-own", own)], namespace=NS_B, manifest=manifest)
+    report = index.revoke(manifest_id=manifest.manifest_id, reason="bad crawl")
+    assert report.removed == ((KEY_B, "b-own"),)
+    assert report.withheld == ((KEY_B, gr.content_hash(gr.canonicalize(own))),)
+    # A's text is neither withheld from A's searches nor banned from A's ingest.
+    assert "a-reset" in [h.id for h in index.search("reset password", namespace=NS_A).kept]
+    assert index.get(["a-reset"], namespace=NS_A)
+    add(index, [("a-reset-2", victim)], NS_A)
+    # B's ingested text stays out of B under any new manifest.
+    with pytest.raises(gr.RevokedContentError):
+        index.add([("b-again", own)], namespace=NS_B, manifest=sign([own]))
+
+
+# -- F6: a tenant-bound revocation reached other tenants -------------------------------------------
+
+
+def test_f06_tenant_scoped_revocation_stays_in_its_tenant(index: gr.GuardedIndex) -> None:
+    shared = DOCS[1][1]
+    add(index, [("b-invoice", shared)], NS_B)
+    digest = gr.content_hash(gr.canonicalize(shared))
+    report = index.revoke(content_hash=digest, reason="tenant B's incident", namespace=NS_B)
+    assert report.removed == ((KEY_B, "b-invoice"),) and report.namespace == KEY_B
+    assert all(ns == KEY_B for ns, _ in (*report.removed, *report.neighbours, *report.withheld))
+    assert index.get(["a-invoice"], namespace=NS_A)  # A's copy untouched
+    add(index, [("a-invoice-2", shared)], NS_A)  # and A may still ingest it
+    with pytest.raises(gr.RevokedContentError):
+        add(index, [("b-invoice-2", shared)], NS_B)
+    assert index.ledger.revocations()[-1]["namespace"] == KEY_B
+
+
+def test_f06_bound_langchain_store_revokes_in_its_namespace_only() -> None:
+    pytest.importorskip("langchain_core")
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from guarded_retriever.langchain import GuardedVectorStore
+    from tests.test_langchain import HashingEmbeddings
+
+    embedding = HashingEmbeddings()
+    acme = GuardedVectorStore(InMemoryVectorStore(embedding), namespace=NS_A, embedding=embedding,
+                              policy=gr.TrustPolicy(manifest_required=False))
+    globex = acme.for_namespace(NS_B)
+    text = DOCS[2][1]
+    acme.add_texts([text], ids=["a-rate"])
+    globex.add_texts([text], ids=["b-rate"])
+    report = globex.revoke(content_hash=gr.content_hash(gr.canonicalize(text)), reason="x")
+    assert report.removed == ((KEY_B, "b-rate"),)
+    assert [d.id for d in acme.get_by_ids(["a-rate"])] == ["a-rate"]
