@@ -402,11 +402,12 @@ def test_guard_fields_never_reach_the_llm_prompt_or_the_embedder():
         guard = n.node.metadata[GUARD_METADATA_KEY]
         assert GUARD_METADATA_KEY in n.node.excluded_llm_metadata_keys
         assert GUARD_METADATA_KEY in n.node.excluded_embed_metadata_keys
-        for mode in (MetadataMode.LLM, MetadataMode.EMBED):
-            content = n.node.get_content(mode)
-            assert "title: Acme help" in content  # metadata is rendered, so the check has teeth
-            for secret in (GUARD_METADATA_KEY, guard["content_hash"], "provenance", str(n.score)):
-                assert secret not in content
+        # The LLM reads exactly the text the guard scored: no metadata at all (issue 20, finding 2).
+        assert n.node.get_content(MetadataMode.LLM) == n.node.text
+        content = n.node.get_content(MetadataMode.EMBED)
+        assert "title: Acme help" in content  # the embedder still sees user metadata: the check has teeth
+        for secret in (GUARD_METADATA_KEY, guard["content_hash"], "provenance", str(n.score)):
+            assert secret not in content
 
 
 def test_returned_nodes_are_copies_with_their_relationships():
@@ -437,7 +438,7 @@ def test_only_nodes_the_core_cannot_rebuild_are_held_by_the_adapter():
     rebuilt = found["a-printer"]
     assert type(rebuilt) is TextNode and rebuilt.text == plain.text
     assert rebuilt.metadata["floor"] == "all" and rebuilt.relationships == {}
-    assert rebuilt.excluded_llm_metadata_keys == [GUARD_METADATA_KEY]
+    assert rebuilt.excluded_llm_metadata_keys == ["floor", GUARD_METADATA_KEY]
     # A held node replaced through the core directly goes out with the core's text.
     a.index.add([("a-toner", "Acme toner moved to the second floor.")], namespace=NS_A)
     (moved,) = [n.node for n in a.retrieve("toner second floor") if n.node_id == "a-toner"]
@@ -476,7 +477,8 @@ def test_documents_are_nodes_too():
                           metadata={"file_name": "offices.md"})])
     (found,) = a.retrieve("offices public holidays")
     assert isinstance(found.node, Document) and found.node_id == "a-doc"
-    assert "file_name: offices.md" in found.node.get_content(MetadataMode.LLM)
+    assert "file_name: offices.md" in found.node.get_content(MetadataMode.EMBED)
+    assert found.node.get_content(MetadataMode.LLM) == found.node.text  # unscored metadata stays out
 
 
 def test_nodes_ingested_through_the_core_directly_come_back_as_text_nodes():

@@ -103,6 +103,10 @@ class Hit:
     """For quarantined hits: ``ingest`` or ``query``, where the guard withheld it."""
     features: tuple[float, ...] = ()
     """The poison feature strengths behind ``poison``, in :data:`FEATURES` order."""
+    held: bool = True
+    """Whether the hit is the index's own record (always, from a search). From :meth:`GuardedIndex.screen`,
+    ``False`` for a document the index does not hold, judged from its own text and metadata; a held
+    one carries the record's text and metadata, never the ones the caller's object brought."""
 
     @property
     def scores(self) -> dict[str, float]:
@@ -784,6 +788,7 @@ class GuardedIndex:
 
         # 1. the fence: resolve each document to its ingest record, or to its own text.
         entries: list[tuple[int, GuardDocument, Row | None, str | None]] = []
+        foreign: set[int] = set()  # documents judged from their own text: the index holds no record
         dropped: list[str] = []
         violations = 0
         for i, (d, canonical) in enumerate(zip(docs, canons, strict=True)):
@@ -821,6 +826,7 @@ class GuardedIndex:
                           namespace=key, content_hash=digest, source_url=None,
                           manifest_id=None, provenance=0.0, features=feats, poison=round(p, 6),
                           reasons=why)
+                foreign.add(i)
             entries.append((i, d, row, stage))
         if violations:
             self.stats["namespace_violations"] += violations
@@ -865,9 +871,11 @@ class GuardedIndex:
                 p, why = row.poison, row.reasons
             upstream = scores[i] if scores is not None else None
             fused = float(upstream) if upstream is not None else float(dense[j])
-            hit = Hit(d.id, d.text, d.metadata, key, row.content_hash, row.source_url, row.manifest_id,
+            # A held document goes out as the tenant's own record: a foreign object that matched
+            # its id and text must not carry its own metadata through the fence.
+            hit = Hit(d.id, row.text, row.metadata, key, row.content_hash, row.source_url, row.manifest_id,
                       0.0, float(dense[j]), row.provenance, round(p, 6), round(fused, 6), why, None,
-                      tuple(features))
+                      tuple(features), i not in foreign)
             if stage == "ingest" or p >= tau:
                 hit.stage = stage or "query"
                 quarantined.append(hit)

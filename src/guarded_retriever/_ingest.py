@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ._canonical import canonicalize, tokenize
 from ._config import GuardConfig
@@ -307,6 +308,11 @@ class IngestPipeline:
                 raise DocumentError(f"text is longer than {MAX_TEXT_LENGTH} characters", doc_id=d.id)
             if not isinstance(d.metadata, Mapping):
                 raise DocumentError("metadata must be a mapping", doc_id=d.id)
+            try:  # what save() writes: checked now, so one document cannot break every later save
+                orjson.dumps(dict(d.metadata))
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                raise DocumentError(f"metadata must be JSON (str keys; str, number, bool, null, list or "
+                                    f"dict values; nested at most 254 deep): {exc}", doc_id=d.id) from None
             try:
                 d.id.encode("utf-8")
                 d.text.encode("utf-8")

@@ -1,4 +1,12 @@
-"""Between the core's hits and LlamaIndex nodes: the guarded text, and the guard's metadata key."""
+"""Between the core's hits and LlamaIndex nodes: the guarded text, and the guard's metadata key.
+
+The guard scores and signs a node's content without its metadata (:func:`guarded_text`), but
+LlamaIndex renders every metadata key not in ``excluded_llm_metadata_keys`` into the LLM's prompt.
+So every node the adapters return hides *all* its metadata from the LLM: what the model reads,
+``node.get_content(MetadataMode.LLM)``, is exactly the text the guard judged (issue 20, finding 2).
+The metadata is still there for code (citations, filters); a prompt that needs a field should
+put it into the node's text before ingest, where it is scored and signed with the rest.
+"""
 
 from __future__ import annotations
 
@@ -67,18 +75,28 @@ def _with_key(keys: list[str], key: str) -> list[str]:
     return keys if key in keys else [*keys, key]
 
 
+def _unscored(metadata: dict[str, Any], keys: list[str]) -> list[str]:
+    """``keys`` plus every metadata key: none of it was scored, so none of it reaches the LLM."""
+    return [*keys, *(k for k in metadata if k not in keys)]
+
+
 def guarded_copy(node: BaseNode, hit: Hit, key: str | None = GUARD_METADATA_KEY) -> BaseNode:
     """A copy of ``node`` that carries ``hit``'s guard fields under ``key``, hidden from the LLM
-    and the embedder; with ``key=None``, a plain copy whose ``hash`` equals the node's.
+    and the embedder; with ``key=None``, a plain copy whose ``hash`` equals the node's. Either way
+    every metadata key is hidden from the LLM (see the module docstring).
 
     The stored node is never mutated: it is shared by every query, and a node mutated in place
     would change its ``hash`` and leak one query's scores into the next.
     """
     if key is None:
-        return node.model_copy(update={"metadata": dict(node.metadata), "embedding": None})
+        metadata = dict(node.metadata)
+        return node.model_copy(update={
+            "metadata": metadata, "embedding": None,
+            "excluded_llm_metadata_keys": _unscored(metadata, list(node.excluded_llm_metadata_keys))})
+    metadata = {**node.metadata, key: guard_fields(hit)}
     return node.model_copy(update={
-        "metadata": {**node.metadata, key: guard_fields(hit)},
-        "excluded_llm_metadata_keys": _with_key(list(node.excluded_llm_metadata_keys), key),
+        "metadata": metadata,
+        "excluded_llm_metadata_keys": _unscored(metadata, list(node.excluded_llm_metadata_keys)),
         "excluded_embed_metadata_keys": _with_key(list(node.excluded_embed_metadata_keys), key),
         "embedding": None,
     })
@@ -92,11 +110,13 @@ def node_from_hit(hit: Hit, key: str | None = GUARD_METADATA_KEY) -> TextNode:
     directly. With ``key=None`` its ``hash`` equals that of the plain node first given.
     """
     if key is None:
-        return TextNode(id_=hit.id, text=hit.text, metadata=dict(hit.metadata))
+        metadata = dict(hit.metadata)
+        return TextNode(id_=hit.id, text=hit.text, metadata=metadata, excluded_llm_metadata_keys=list(metadata))
+    metadata = {**hit.metadata, key: guard_fields(hit)}
     return TextNode(
         id_=hit.id,
         text=hit.text,
-        metadata={**hit.metadata, key: guard_fields(hit)},
-        excluded_llm_metadata_keys=[key],
+        metadata=metadata,
+        excluded_llm_metadata_keys=list(metadata),
         excluded_embed_metadata_keys=[key],
     )

@@ -12,7 +12,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from .. import ConfigError, GuardDocument, GuardedIndex, Namespace, SearchResult
 from ._events import emit_guard_events
-from ._nodes import GUARD_METADATA_KEY, guarded_copy, guarded_text
+from ._nodes import GUARD_METADATA_KEY, guarded_copy, guarded_text, node_from_hit
 
 __all__ = ["GuardedNodePostprocessor"]
 
@@ -105,7 +105,10 @@ class GuardedNodePostprocessor(BaseNodePostprocessor):
         unique = _first_of_each(nodes)
         result = self._screen(unique, query_bundle)
         emit_guard_events(result, "postprocessor", result.dropped)
-        return [NodeWithScore(node=guarded_copy(unique[h.id].node, h, self.metadata_key),
+        # A node the index holds goes out as the tenant's own record, rebuilt from it: the object
+        # given only matched its id and text, and its metadata and fields are the caller's.
+        return [NodeWithScore(node=node_from_hit(h, self.metadata_key) if h.held
+                              else guarded_copy(unique[h.id].node, h, self.metadata_key),
                               score=unique[h.id].score) for h in result.kept]
 
     def _postprocess_nodes(
