@@ -299,13 +299,15 @@ def test_loading_into_a_postgres_ledger_that_holds_rows_is_refused(pg_url: str, 
 
 def test_a_revocation_by_another_connection_invalidates_the_cache(pg_url: str) -> None:
     mine, theirs = gr.Ledger(pg_url), gr.Ledger(pg_url)
-    mine.record_batch([_record("a")], manifest=_manifest("m1", ["h-listed"]), batch_id="b1", namespace=KEY)
-    assert mine.revoked_hashes() == frozenset()
-    assert mine.revoked_hashes() is mine.revoked_hashes()  # cached while nothing changes
+    mine.record_batch([_record("a", manifest_id="m1")], manifest=_manifest("m1", ["h-a", "h-listed"]),
+                      batch_id="b1", namespace=KEY)
+    assert mine.revoked_hashes(KEY) == frozenset()
+    assert mine.revoked_hashes(KEY) is mine.revoked_hashes(KEY)  # cached while nothing changes
     theirs.revoke("content_hash", "h-x", "poison")
-    assert mine.revoked_hashes() == {"h-x"}
+    assert mine.revoked_hashes(KEY) == {"h-x"}
     theirs.revoke("manifest", "m1", "bad crawl")
-    assert mine.revoked_hashes() == {"h-x", "h-listed"}
+    # What was ingested under the manifest, where it was ingested; a hash it merely lists is not.
+    assert mine.revoked_hashes(KEY) == {"h-x", "h-a"}
     theirs.freeze(KEY, "incident")
     assert mine.is_frozen(KEY)
 
