@@ -298,3 +298,54 @@ def test_delta_s_and_lambda_state_definitions():
 def test_k_is_validated(k):
     with pytest.raises(gr.ConfigError):
         build().search("reset", namespace=NS_A, k=k)
+
+
+FAMILY = [(f"fam-{i}", f"Acme backup snapshots are kept for thirty days in the {word} storage region.")
+          for i, word in enumerate(["primary", "main", "default", "home", "first"])]
+OTHERS = [("bk-restore", "Restore an Acme backup snapshot from the console's Backups tab."),
+          ("bk-schedule", "Acme takes backup snapshots every night at 02:00 UTC."),
+          ("bk-cost", "Backup snapshots beyond thirty days are billed as archive storage.")]
+
+
+def _family_index(cap: int | None, docs: list[tuple[str, str]]) -> gr.GuardedIndex:
+    index = gr.GuardedIndex(gr.HashingEmbedder(), config=gr.GuardConfig(family_cap=cap),
+                            policy=gr.TrustPolicy(manifest_required=False))
+    index.add(docs, namespace=NS_A)
+    return index
+
+
+def test_a_paraphrase_family_gets_at_most_family_cap_places_ahead_of_the_pool():
+    query = "how long are acme backup snapshots kept in the storage region"
+    plain = _family_index(None, FAMILY + OTHERS).search(query, namespace=NS_A, k=5)
+    family = {d for d, _ in FAMILY}
+    assert {h.id for h in plain.kept} == family  # uncapped, the family fills the top
+    capped_index = _family_index(2, FAMILY + OTHERS)
+    capped = capped_index.search(query, namespace=NS_A, k=5)
+    ids = [h.id for h in capped.kept]
+    assert len(ids) == 5 and ids[:2] == [h.id for h in plain.kept][:2]
+    assert set(ids[2:]) == {d for d, _ in OTHERS}  # the rest of the pool moves up, nothing is dropped
+    assert "paraphrase_family_capped" in capped.alerts and "paraphrase_family_capped" not in plain.alerts
+    assert capped_index.metrics()["family_deferred"] == 3
+
+
+def test_a_pool_of_one_family_still_fills_k():
+    query = "how long are acme backup snapshots kept in the storage region"
+    plain = _family_index(None, FAMILY).search(query, namespace=NS_A, k=4)
+    capped = _family_index(2, FAMILY).search(query, namespace=NS_A, k=4)
+    assert [h.id for h in capped.kept] == [h.id for h in plain.kept] and len(capped.kept) == 4
+    assert not capped.quarantined
+
+
+def test_past_the_family_window_the_pool_order_resumes():
+    query = "how long are acme backup snapshots kept in the storage region"
+    index = _family_index(2, FAMILY + OTHERS)
+    ids = [h.id for h in index.search(query, namespace=NS_A, k=8).kept]
+    assert set(ids[2:5]) == {d for d, _ in OTHERS} and set(ids[:2] + ids[5:]) == {d for d, _ in FAMILY}
+    narrow = gr.GuardedIndex(gr.HashingEmbedder(), config=gr.GuardConfig(family_cap=2, family_window=3),
+                             policy=gr.TrustPolicy(manifest_required=False))
+    narrow.add(FAMILY + OTHERS, namespace=NS_A)
+    ids = [h.id for h in narrow.search(query, namespace=NS_A, k=8).kept]
+    family, others = {d for d, _ in FAMILY}, {d for d, _ in OTHERS}
+    # Two of the family, one other: the window of three is full, so the waiting family members
+    # come next, then the rest of the pool.
+    assert set(ids[:2]) <= family and ids[2] in others and set(ids[3:6]) <= family and set(ids[6:]) <= others

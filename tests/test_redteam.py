@@ -111,8 +111,13 @@ def test_the_guard_stops_the_planted_attacks(bundle: Path) -> None:
     assert report["per_attack"]["copied-question"]["recall"] < 1.0
     assert report["asr"]["unguarded"] == 1.0
     assert report["at_threshold"]["fpr"] == 0.0  # neither look-alike nor any clean text is flagged
-    # The templated clean texts of this tiny bundle are tight families themselves: some are withheld.
-    assert report["ndcg10"]["guarded"] >= report["ndcg10"]["unguarded"] - 0.1
+    # The templated clean texts of this tiny bundle are tight families themselves: some are
+    # withheld, and the family cap moves the third member of each past the fifth place (nothing
+    # relevant leaves the top 10). Without the cap, the detection alone costs at most 0.1.
+    assert report["recall10"]["guarded"] == report["recall10"]["unguarded"] == 1.0
+    assert report["ndcg10"]["guarded"] >= report["ndcg10"]["unguarded"] - 0.2
+    uncapped = run_redteam(bundle, embedder=HashingEmbedder(), progress=False, config=gr.GuardConfig(family_cap=None))
+    assert uncapped["ndcg10"]["guarded"] >= uncapped["ndcg10"]["unguarded"] - 0.1
 
 
 def test_cli_writes_the_report_and_the_plot(bundle: Path, tmp_path: Path) -> None:

@@ -68,6 +68,13 @@ class GuardConfig(SettingsModel):
     """How many fused candidates beyond ``k`` the query-time guard examines."""
     paraphrase_cosine: float = Field(0.85, gt=0.0, le=1.0)
     """Cosine at or above which two candidates count as mutual paraphrases."""
+    family_cap: int | None = Field(2, ge=1)
+    """How many mutual paraphrases (``paraphrase_cosine``) may sit in the first ``family_window``
+    kept hits; the next one waits until the window is full. A planted family that escapes
+    detection then cannot fill the context; nothing is dropped. ``None`` keeps the pool's order."""
+    family_window: int = Field(5, ge=1)
+    """The leading hits the family cap applies to: the context an LLM is usually given. Past it
+    the pool's order resumes, so a deeper ranking (nDCG@10) keeps honest near-duplicates."""
     contrast_floor: float = Field(0.35, ge=-1.0, le=1.0)
     """``cluster_contrast`` (3rd-neighbour cosine minus the 10th-30th mean) at or below which the
     feature is 0: about the 99th percentile of clean Wikipedia, web and news corpora."""

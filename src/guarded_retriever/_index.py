@@ -55,7 +55,7 @@ from ._namespace import Namespace
 from ._neighbourhood import RowUpdate, batch_contrast, neighbour_updates, replaced
 from ._poison import FEATURES, PoisonModel, document_features
 from ._policy import TrustPolicy, source_domain
-from ._query_guard import EchoScorer, paraphrase_cluster
+from ._query_guard import EchoScorer, FamilyCap, paraphrase_cluster
 from ._rwlock import RWLock
 from ._store import Partition, Row, Shard
 from .detect.contrast import ContrastDetector
@@ -247,7 +247,7 @@ class GuardedIndex:
         self.main = Partition("main", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
         self.quarantine = Partition("quarantine", k1=c.bm25_k1, b=c.bm25_b, kind=c.dense_index)
         self.stats: dict[str, int] = {"queries": 0, "namespace_violations": 0, "quarantined_at_query": 0,
-                                      "revoked_blocked": 0, "rescored_across_tau": 0}
+                                      "revoked_blocked": 0, "rescored_across_tau": 0, "family_deferred": 0}
         self._contrast = ContrastDetector(floor=c.contrast_floor, ceiling=c.contrast_ceiling,
                                           rescore_cosine=c.contrast_rescore_cosine)
         self._lock = RWLock()
@@ -547,7 +547,11 @@ class GuardedIndex:
             # Query-time evidence quarantines, it does not re-rank: below τ, echo and clustering
             # mostly measure topicality (the relevant passages of a query resemble each other),
             # and penalising that would cost clean ranking quality for no protection. So the
-            # survivors keep the pool's order.
+            # survivors keep the pool's order, but for the family cap.
+            crowded = FamilyCap(pool_vectors, cfg.paraphrase_cosine, cfg.family_cap)
+            window = min(k, cfg.family_window)
+            deferred: list[tuple[int, Hit]] = []
+            n_deferred = 0
             for j, (i, r, (p, why, feats)) in enumerate(zip(pool, pool_rows, verdicts, strict=True)):
                 row = rows[r]
                 if revoked and row.content_hash in revoked:
@@ -561,8 +565,26 @@ class GuardedIndex:
                         dropped.append(row.id)
                         self._violation(key, row)
                         continue
-                    kept.append(self._hit(row, cands, i, fused_at[i], p, why, None, feats))
+                    hit = self._hit(row, cands, i, fused_at[i], p, why, None, feats)
+                    if len(kept) < window and crowded(j, kept_at):
+                        deferred.append((j, hit))
+                        continue
+                    kept.append(hit)
                     kept_at.append(j)
+                    if len(kept) == window and deferred:  # the window is full: the family resumes
+                        n_deferred += len(deferred)
+                        for jd, deferred_hit in deferred[: k - len(kept)]:
+                            kept.append(deferred_hit)
+                            kept_at.append(jd)
+                        deferred = []
+            if deferred:  # the pool ran out before the window filled
+                n_deferred += len(deferred)
+                for jd, deferred_hit in deferred[: k - len(kept)]:
+                    kept.append(deferred_hit)
+                    kept_at.append(jd)
+            if n_deferred:
+                alerts.append("paraphrase_family_capped")
+                self.stats["family_deferred"] += n_deferred
             top = pool_rows[0]
             if rows[top].provenance < cfg.low_provenance_alert:
                 alerts.append("low_provenance_top")
@@ -1032,6 +1054,7 @@ class GuardedIndex:
                           for p in (self.main, self.quarantine)},
             "queries": self.stats["queries"],
             "quarantined_at_query": self.stats["quarantined_at_query"],
+            "family_deferred": self.stats["family_deferred"],
             "namespace_violations": self.stats["namespace_violations"],
             "detections_by_reason": dict(by_reason.most_common()),
             "detections_by_domain": dict(by_domain.most_common()),

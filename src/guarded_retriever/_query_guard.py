@@ -12,6 +12,11 @@
     An attacker plants several mutually paraphrasing passages so one of them survives any
     de-duplication and together they dominate the top-k. The strength is the number of other
     candidates with cosine ≥ θ (``GuardConfig.paraphrase_cosine``), divided by 3 and capped at 1.
+
+:class:`FamilyCap` is the backstop for a family that no signal reaches τ on: at most
+``GuardConfig.family_cap`` mutual paraphrases enter the kept top-k ahead of the rest of the pool.
+It re-ranks, it does not remove: a capped member is kept after the pool's other survivors, so a
+query whose whole pool is one family still gets k passages.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["EchoScorer", "paraphrase_cluster", "query_echo"]
+__all__ = ["EchoScorer", "FamilyCap", "paraphrase_cluster", "query_echo"]
 
 _MIN_QUERY_TOKENS = 4
 
@@ -93,3 +98,28 @@ def paraphrase_cluster(vectors: np.ndarray, threshold: float) -> np.ndarray:
     neighbours = (gram >= threshold).sum(axis=1) - 1  # minus itself
     result: np.ndarray = np.minimum(1.0, neighbours / 3.0)
     return result
+
+
+class FamilyCap:
+    """Whether a pool candidate would be one paraphrase too many among the hits kept so far.
+
+    Honest top-k lists rarely hold three passages at cosine ≥ 0.85 of each other (mirrors and
+    catalogue variants do, and lose nothing by being spread out); planted families are written to.
+    The pool's Gram matrix is built on the first check, so a query that keeps nothing pays nothing.
+    """
+
+    __slots__ = ("_cap", "_gram", "_threshold", "_vectors")
+
+    def __init__(self, vectors: np.ndarray, threshold: float, cap: int | None) -> None:
+        self._vectors = vectors
+        self._threshold = threshold
+        self._cap = cap
+        self._gram: np.ndarray | None = None
+
+    def __call__(self, position: int, kept: Sequence[int]) -> bool:
+        """True when ``position`` has at least ``cap`` paraphrases among the ``kept`` positions."""
+        if self._cap is None or len(kept) < self._cap:
+            return False
+        if self._gram is None:
+            self._gram = self._vectors @ self._vectors.T
+        return int((self._gram[position, kept] >= self._threshold).sum()) >= self._cap

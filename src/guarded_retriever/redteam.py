@@ -315,11 +315,12 @@ def _build(bundle: Bundle, config: GuardConfig, model: PoisonModel, progress: _P
 
 
 def _unguarded(config: GuardConfig) -> tuple[GuardConfig, PoisonModel]:
-    """The same retrieval with the guard off: no poison weight, nothing ever reaches τ."""
+    """The same retrieval with the guard off: no poison weight, nothing ever reaches τ, no
+    family cap."""
     w = config.weights
     weights = FusionWeights(alpha=w.alpha, beta=w.beta, gamma=w.gamma, delta=0.0)
     off = PoisonModel(weights=(0.0,) * len(FEATURES), bias=-50.0, provenance="guard off")
-    return config.model_copy(update={"weights": weights}), off
+    return config.model_copy(update={"weights": weights, "family_cap": None}), off
 
 
 def run_bundle(
