@@ -16,14 +16,25 @@ expressions (no model):
 * ``birth_place`` / ``death_place``: the first capitalised name after ``in`` within the trigger's
   clause (``born ... in Clichy, France`` gives ``clichy``).
 
-At query time, :func:`conflict_scores` compares each candidate's values with the other candidates'
-values for the same slot type, over the best candidates of one query in one namespace. For a slot,
-a candidate is *contradicted* with support ``n`` when none of its values for that slot is stated by
-any other candidate and ``n`` (≥ 2) other candidates state one same different value; its score is
-the largest ``n`` over its slots. Only set and counter operations: the cost is linear in the pool.
+At query time, :func:`conflict_scores` compares each candidate's values with those of its *peers*:
+the other candidates of the same query (one namespace) whose vectors are within cosine 0.5 of its
+own, i.e. the passages about the same subject (a lone passage about a namesake then has no peers
+instead of a contradicting majority). For a slot, a candidate is *contradicted* with support ``n``
+when no peer states any of its values for that slot and ``n`` (≥ 2) peers state one same different
+value; its score is the largest ``n`` over its slots. By default only the full dates are compared:
+years and places conflict between honest passages far more often (a child's birth year, "Paris"
+against "Clichy"). Cost: one small cosine matrix over the candidates that state a date, and a few
+array operations per slot.
 
-What it is not: a fact checker. A pool that mixes people (a lone passage about a namesake) or an
-honest source that got a date wrong scores like poison; a poison that copies the pool's consensus
+Measured on RobustRAG Biogen (``benchmarks/claim_conflict.py``, 50-candidate pools): 43 of the 50
+poisoned biographies score ≥ 2 in their own query's pool, at 1.2 % of clean (query, candidate)
+pairs; ≥ 2 fires on 0.4 % of clean Wikipedia-pool pairs and never on MS MARCO pools. The signal is
+only as wide as the slots: in that set the wrong value is almost always the birth date, and a poison
+whose dates agree with the pool (or lies about anything else) scores 0. PoisonedRAG lie-only
+families are not caught (they do not lie about dates, and their copies corroborate each other).
+
+What it is not: a fact checker. A passage about a relative or namesake close enough to count as a
+peer, or an honest source that got a date wrong, scores like poison; a poison that copies the pool's consensus
 values and lies about something else (an award, a book title) scores 0; and a family of ≥ 2 poison
 copies asserting the same wrong value corroborates itself (that is what ``cluster_contrast`` is for).
 Use the strength as one piece of evidence, not as a verdict.
@@ -32,15 +43,20 @@ Use the strength as one piece of evidence, not as a verdict.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
-__all__ = ["SLOTS", "Claims", "conflict_scores", "conflict_strength", "extract_claims"]
+import numpy as np
+
+__all__ = ["DATE_SLOTS", "SLOTS", "Claims", "conflict_scores", "conflict_strength", "extract_claims"]
 
 #: Slot types, in a fixed order.
 SLOTS: tuple[str, ...] = (
     "birth_date", "birth_year", "birth_place", "death_date", "death_year", "death_place",
 )
+
+#: The slot types compared by default: full dates. Years and places also conflict between honest
+#: passages (a namesake's birth year, "Paris" against "Clichy") far more often.
+DATE_SLOTS: tuple[str, ...] = ("birth_date", "death_date")
 
 #: A document's claims: slot type -> the normalised values it states (only non-empty slots).
 Claims = Mapping[str, frozenset[str]]
@@ -78,6 +94,8 @@ _SENTENCE_END = re.compile(r"[.;!?](?=\s|$)|\n")
 _LIFESPAN = re.compile(r"\(([^()]{0,80}?)\s*[–—-]+\s*([^()]{0,80}?)\)")
 #: How far after a trigger its date, year or place may be (characters).
 _WINDOW = 90
+#: How far before a trigger a date may be when none follows it (characters).
+_BACK_WINDOW = 60
 _STOP_PLACE = frozenset({"the", "a", "an", "his", "her", "their", "this", "that"})
 
 
@@ -108,10 +126,26 @@ def _place(clause: str) -> str | None:
     return None
 
 
-def _clause(text: str, end: int) -> str:
+_OTHER_EVENT = {
+    "birth": re.compile(r"\b(?:died|death|passed away)\b", re.IGNORECASE),
+    "death": re.compile(r"\b(?:born|birth)", re.IGNORECASE),
+}
+
+
+def _clause(text: str, end: int, kind: str) -> str:
+    """The text after a trigger up to the sentence end or the other event's trigger."""
     window = text[end:end + _WINDOW]
     cut = _SENTENCE_END.search(window, 1)
-    return window[:cut.start()] if cut else window
+    if cut:
+        window = window[:cut.start()]
+    other = _OTHER_EVENT[kind].search(window)
+    return window[:other.start()] if other else window
+
+
+def _clause_before(text: str, start: int) -> str:
+    window = text[max(0, start - _BACK_WINDOW):start]
+    cuts = list(_SENTENCE_END.finditer(window))
+    return window[cuts[-1].end():] if cuts else window
 
 
 def extract_claims(text: str) -> dict[str, frozenset[str]]:
@@ -140,11 +174,16 @@ def extract_claims(text: str) -> dict[str, frozenset[str]]:
                 end += next(len(s) for s in _BIRTH_SUFFIXES if after.startswith(s))
                 after = low[end:end + 1]
             if before_ok and not (after[:1].isalnum()):
-                clause = _clause(text, end)
+                clause = _clause(text, end, kind)
                 m = _DATE.search(clause)
                 iso = None
                 if m is not None:
                     iso = _dates(m.group(0))
+                if not iso:
+                    # "celebrated on May 7, 1971, as his date of birth": a date just before, same clause
+                    back = _clause_before(text, i)
+                    hits = _dates(back)
+                    iso = hits[-1:] if hits else None
                 if iso:
                     found.setdefault(f"{kind}_date", set()).add(iso[0][1])
                     found.setdefault(f"{kind}_year", set()).add(iso[0][1][:4])
@@ -169,46 +208,68 @@ def extract_claims(text: str) -> dict[str, frozenset[str]]:
 
 
 def conflict_scores(
-    pool: Sequence[Claims], *, slots: Sequence[str] = SLOTS, min_support: int = 2
+    pool: Sequence[Claims],
+    vectors: np.ndarray | None = None,
+    *,
+    peer_cosine: float = 0.5,
+    slots: Sequence[str] = DATE_SLOTS,
+    min_support: int = 2,
 ) -> list[int]:
-    """Per candidate, how many other candidates agree on a value that contradicts it.
+    """Per candidate, how many of its peers agree on a value that contradicts it.
 
-    For each slot type, a candidate that states values ``V`` for it is contradicted when no other
-    candidate states any value in ``V`` and at least ``min_support`` other candidates state one same
-    value outside ``V``; its support is the number of those candidates. The score is the largest
-    support over slot types, 0 when not contradicted anywhere.
+    A candidate's *peers* are the other candidates whose vectors have cosine ``>= peer_cosine``
+    with its own (the passages about the same subject; all other candidates when ``vectors`` is
+    None). For each slot type, a candidate that states values ``V`` for it is contradicted when no
+    peer states any value in ``V`` and at least ``min_support`` peers state one same value outside
+    ``V``; its support is the number of those peers. The score is the largest support over slot
+    types, 0 when it is contradicted nowhere.
 
     Args:
-        pool: the claims of one query's candidates (one namespace), best first; order is unused.
+        pool: the claims of one query's candidates (one namespace); order is unused.
+        vectors: ``(len(pool), d)`` L2-normalised candidate vectors, or None.
+        peer_cosine: the least cosine between two candidates that makes them peers.
         slots: the slot types to compare.
-        min_support: the least number of agreeing other candidates that counts as a consensus.
+        min_support: the least number of agreeing peers that counts as a consensus.
 
     Returns:
         One integer per candidate, in ``pool`` order.
     """
-    scores = [0] * len(pool)
+    n = len(pool)
+    scores = [0] * n
+    stating = [i for i, claims in enumerate(pool) if any(slot in claims for slot in slots)]
+    if len(stating) < min_support + 1:
+        return scores
+    m = len(stating)
+    if vectors is None:
+        peers = np.ones((m, m), dtype=np.float32)
+    else:
+        sub = np.asarray(vectors, dtype=np.float32)[stating]
+        peers = (sub @ sub.T >= peer_cosine).astype(np.float32)
+    np.fill_diagonal(peers, 0.0)
+    best = np.zeros(m, dtype=np.float32)
     for slot in slots:
-        counts: Counter[str] = Counter()
-        for claims in pool:
-            values = claims.get(slot)
+        column: dict[str, int] = {}
+        rows: list[int] = []
+        cols: list[int] = []
+        for r, i in enumerate(stating):
+            values = pool[i].get(slot)
             if values:
-                counts.update(values)
-        if len(counts) < 2:
+                for v in values:
+                    rows.append(r)
+                    cols.append(column.setdefault(v, len(column)))
+        if len(column) < 2 or len(rows) < min_support + 1:
             continue
-        ranked = counts.most_common(4)
-        if ranked[0][1] < min_support:
-            continue
-        for i, claims in enumerate(pool):
-            values = claims.get(slot)
-            if not values:
-                continue
-            if any(counts[v] > 1 for v in values):
-                continue  # corroborated by another candidate
-            for value, n in ranked:
-                if value not in values:
-                    if n >= min_support and n > scores[i]:
-                        scores[i] = n
-                    break
+        stated = np.zeros((m, len(column)), dtype=np.float32)
+        stated[rows, cols] = 1.0
+        support = peers @ stated  # how many peers of row r state value v
+        own = support * stated
+        corroborated = own.max(axis=1) > 0
+        support -= own  # support for the values row r does not state
+        against = support.max(axis=1)
+        hit = (stated.max(axis=1) > 0) & ~corroborated & (against >= min_support)
+        np.maximum(best, np.where(hit, against, 0.0), out=best)
+    for r, i in enumerate(stating):
+        scores[i] = int(best[r])
     return scores
 
 
