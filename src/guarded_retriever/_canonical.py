@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["INVISIBLE_CHARS", "MAX_COMBINING_RUN", "canonicalize", "tokenize"]
+__all__ = ["INVISIBLE_CHARS", "MAX_COMBINING_RUN", "canonicalize", "collapse_whitespace", "tokenize"]
 
 MAX_COMBINING_RUN = 30
 """The longest run of non-starters canonical text keeps (UAX #15 stream-safe bound)."""
@@ -71,22 +71,49 @@ _NON_STARTER_RANGES = (
 )
 
 
-def _non_starter_class() -> str:
+def _non_starter_spans() -> list[tuple[int, int]]:
+    """The non-starters as inclusive ``(first, last)`` code point spans."""
     if unicodedata.unidata_version == _UNIDATA:
         spans = [[int(x, 16) for x in part.split("-")] for part in _NON_STARTER_RANGES.split()]
-        return "".join(f"{re.escape(chr(s[0]))}-{re.escape(chr(s[-1]))}" for s in spans)
-    chars = []
+        return [(s[0], s[-1]) for s in spans]
+    out: list[tuple[int, int]] = []
     for c in range(0x110000):  # pragma: no cover - another Python's Unicode version
         ch = chr(c)
         decomposed = unicodedata.normalize("NFKD", ch)
         if unicodedata.combining(ch) or (decomposed and unicodedata.combining(decomposed[0])):
-            chars.append(ch)
-    return re.escape("".join(chars))
+            if out and out[-1][1] == c - 1:
+                out[-1] = (out[-1][0], c)
+            else:
+                out.append((c, c))
+    return out
 
 
-_NON_STARTER = _non_starter_class()
+def _long_run(spans: list[tuple[int, int]]) -> re.Pattern[str]:
+    """A pattern whose group 1 is the first MAX_COMBINING_RUN marks of a longer run of ``spans``.
+
+    The pattern opens with one bare character class (``[…][…]{29}`` rather than ``[…]{30}``):
+    only then does ``re`` find candidate positions with its fast character-set scan instead of
+    trying a match at every position.
+    """
+    cls = "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in spans)
+    return re.compile(f"([{cls}][{cls}]{{{MAX_COMBINING_RUN - 1}}})[{cls}]+")
+
+
+_SPANS = _non_starter_spans()
 # Linear: a run shorter than the bound is retried at each of its positions, at most 30 steps each.
-_LONG_RUN = re.compile(f"([{_NON_STARTER}]{{{MAX_COMBINING_RUN}}})[{_NON_STARTER}]+")
+_LONG_RUN = _long_run(_SPANS)
+# ``re`` keeps a class's BMP part as a bitmap but tests the part above U+FFFF as a list of ranges
+# (66 here), one by one, for every character it looks at. Nearly no text has a character above
+# U+FFFF, and one without has no such non-starter either: the BMP-only pattern finds exactly the
+# same runs, about ten times faster (≈3 µs instead of ≈40 µs for a 400-character text).
+_LONG_RUN_BMP = _long_run([(lo, min(hi, 0xFFFF)) for lo, hi in _SPANS if lo <= 0xFFFF])
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+# A long run needs MAX_COMBINING_RUN + 1 consecutive characters at or above the first non-starter
+# (U+0300): a one-range class, so scanning for that is faster still, and Latin, Greek or Cyrillic
+# text with the odd curly quote or dash never gets further.
+_FIRST_NON_STARTER = re.escape(chr(min(lo for lo, _ in _SPANS)))
+_MAYBE_LONG_RUN = re.compile(
+    f"[{_FIRST_NON_STARTER}-\U0010ffff][{_FIRST_NON_STARTER}-\U0010ffff]{{{MAX_COMBINING_RUN}}}")
 
 _TOKEN = re.compile(r"\w+")
 # ASCII word characters as ``\w`` sees them; every other ASCII character separates tokens. For
@@ -99,19 +126,32 @@ _ASCII_SEPARATORS = bytes(i if chr(i) in _ASCII_WORD else 0x20 for i in range(25
 def canonicalize(text: str) -> str:
     """Return the canonical form of ``text``: NFKC, lowercase, invisibles dropped, spaces collapsed."""
     if text.isascii():
-        # Fast path: ASCII needs no normalisation and has no invisible characters beyond C0 controls.
-        return " ".join(_ASCII_DROP.sub("", text).lower().split())
+        # Fast path: ASCII needs no normalisation and has no invisible characters beyond C0 controls
+        # (and printable ASCII has none of those: checking that is faster than the class scan).
+        return collapse_whitespace((text if text.isprintable() else _ASCII_DROP.sub("", text)).lower())
     text = unicodedata.normalize("NFKC", _cap_runs(_DROP.sub("", text)))
     text = unicodedata.normalize("NFKC", _cap_runs(text.lower()))
     # NFKC never introduces the dropped characters, but a lowercase mapping can; drop them again.
     # Decomposition and lowercasing can lengthen a run (one character may become several marks),
     # so the bound is applied to the result once more.
-    return " ".join(_cap_runs(_DROP.sub("", text)).split())
+    return collapse_whitespace(_cap_runs(_DROP.sub("", text)))
+
+
+def collapse_whitespace(text: str) -> str:
+    """``" ".join(text.split())``: each run of Unicode whitespace one space, the ends trimmed."""
+    # Most texts already are: every whitespace character but the space is non-printable, so a
+    # printable text without doubled or outer spaces comes back as it is. Checking costs a
+    # fraction of splitting and joining (about 0.6 µs against 3 µs for a 400-character page).
+    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text
+    return " ".join(text.split())
 
 
 def _cap_runs(text: str) -> str:
     """``text`` with every run of non-starters cut to :data:`MAX_COMBINING_RUN` characters."""
-    return _LONG_RUN.sub(r"\1", text)
+    if not _MAYBE_LONG_RUN.search(text):
+        return text
+    return (_LONG_RUN if _ASTRAL.search(text) else _LONG_RUN_BMP).sub(r"\1", text)
 
 
 def tokenize(canonical: str) -> list[str]:

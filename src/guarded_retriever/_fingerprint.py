@@ -83,17 +83,18 @@ class _TokenHashes:
         self._cache: dict[str, int] = {}
         self._limit = limit
 
-    def lookup(self, tokens: Sequence[str]) -> list[int]:
+    def lookup(self, tokens: Sequence[str]) -> np.ndarray:
+        """The tokens' hashes as a ``uint64`` array (filled straight from the look-ups, no list)."""
         cache = self._cache
         if len(cache) > self._limit:  # bound memory on endless vocabularies (ids, numbers, URLs)
             cache.clear()
-        try:
-            return list(map(cache.__getitem__, tokens))  # the common case: every token seen before
+        try:  # the common case: every token seen before
+            return np.fromiter(map(cache.__getitem__, tokens), dtype=_U64, count=len(tokens))
         except KeyError:
             pass
         for t in set(tokens).difference(cache):
             cache[t] = xxhash.xxh64_intdigest(t.encode("utf-8"))
-        return list(map(cache.__getitem__, tokens))
+        return np.fromiter(map(cache.__getitem__, tokens), dtype=_U64, count=len(tokens))
 
 
 _TOKEN_HASHES = _TokenHashes()
@@ -131,8 +132,7 @@ def simhash64_batch(token_lists: Sequence[Sequence[str]]) -> np.ndarray:
     # short documents get their single shingle with zeros for the missing tokens.
     flat = list(chain.from_iterable(token_lists))
     h = np.zeros(len(flat) + 2 * n_docs, dtype=_U64)
-    h[np.arange(len(flat)) + np.repeat(np.arange(0, 2 * n_docs, 2), lengths)] = np.array(
-        _TOKEN_HASHES.lookup(flat), dtype=_U64)
+    h[np.arange(len(flat)) + np.repeat(np.arange(0, 2 * n_docs, 2), lengths)] = _TOKEN_HASHES.lookup(flat)
     starts = np.concatenate(([0], np.cumsum(lengths + 2)[:-1]))
     # Index of the first token of every shingle, document by document.
     doc_of = np.repeat(np.arange(n_docs), counts)

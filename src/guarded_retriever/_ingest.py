@@ -34,7 +34,7 @@ from ._manifest import IngestManifest, SignedManifest
 from ._namespace import Namespace, NamespaceSchema
 from ._poison import FEATURE_INDEX, FEATURES, PoisonModel, document_features
 from ._policy import Provenance, TrustPolicy
-from ._simhash_index import SimhashIndex
+from ._simhash_index import SimhashIndex, near_pairs
 from .detect import InjectionDetector
 
 __all__ = ["GuardDocument", "IngestPipeline", "PreparedBatch", "PreparedDocument"]
@@ -232,8 +232,8 @@ class IngestPipeline:
         tokens = [tokenize(c) for c in canon]
         simhashes = simhash64_batch(tokens)
         features = np.zeros((len(docs), len(FEATURES)))
-        for i, (d, c, t) in enumerate(zip(docs, canon, tokens, strict=True)):
-            features[i, : _BURST] = document_features(d.text, c, t)[:_BURST]
+        features[:, : _BURST] = [document_features(d.text, c, t)[:_BURST]
+                                 for d, c, t in zip(docs, canon, tokens, strict=True)]
         features[:, _BURST] = self._burst(ns.key, [d.id for d in docs], simhashes)
         features[:, _INJECTION] = [v.probability for v in self.detector.score_batch([d.text for d in docs])]
 
@@ -241,14 +241,16 @@ class IngestPipeline:
         if judged is not None and len(judged) != len(docs):
             raise DocumentError(f"the judge returned {len(judged)} scores for {len(docs)} documents")
         prepared = []
+        # Whole arrays to Python numbers at once: per-element numpy access costs more than the rest.
+        rows, fingerprints = features.tolist(), simhashes.tolist()
         for i, d in enumerate(docs):
-            row = tuple(features[i].tolist())
+            row = tuple(rows[i])
             verdict = judged[i] if judged is not None else None
             score, reasons, decision = self.verdict(row, None if verdict is None else float(verdict))
             prepared.append(
                 PreparedDocument(
                     doc=d, namespace=ns, canonical=canon[i], tokens=tokens[i], content_hash=hashes[i],
-                    simhash=int(simhashes[i]), provenance=provenance, features=row,
+                    simhash=fingerprints[i], provenance=provenance, features=row,
                     poison=score, reasons=reasons, decision=decision,
                     judged=None if verdict is None else float(verdict),
                 )
@@ -336,16 +338,23 @@ class IngestPipeline:
             return self._burst_locked(existing, ids, simhashes)
 
     def _burst_locked(self, existing: SimhashIndex, ids: Sequence[str], simhashes: np.ndarray) -> np.ndarray:
-        batch = SimhashIndex(self.config.near_duplicate_distance)
-        out = np.zeros(len(ids))
-        values = [int(s) for s in simhashes]
-        for doc_id, h in zip(ids, values, strict=True):
-            batch.add(doc_id, h)
-        for i, (doc_id, h) in enumerate(zip(ids, values, strict=True)):
-            near = batch.near(h, exclude=doc_id)
-            near |= existing.near(h, exclude=doc_id)
-            out[i] = min(1.0, max(0, len(near) - 1) / 4)
-        return out
+        # Near-duplicates are counted by id, in the batch (whose ids are distinct) and in the
+        # namespace. Every document with the same fingerprint has the same ones, so they are
+        # gathered once per distinct fingerprint (a burst of copies costs one look-up): all ids
+        # within reach of it, the document's own included, so it has len(near) - 1 of them.
+        distinct, inverse = np.unique(simhashes, return_inverse=True)
+        holders: list[list[str]] = [[] for _ in range(len(distinct))]
+        for doc_id, k in zip(ids, inverse.tolist(), strict=True):
+            holders[k].append(doc_id)
+        partners = near_pairs(distinct, self.config.near_duplicate_distance)
+        burst = np.zeros(len(distinct))
+        for k, h in enumerate(distinct.tolist()):
+            near = existing.near(h)
+            near.update(holders[k])
+            for p in partners.get(k, ()):
+                near.update(holders[p])
+            burst[k] = min(1.0, max(0, (len(near) - 1) - 1) / 4)
+        return burst[inverse]
 
     # -- commit: one transaction ----------------------------------------------------------------
 
@@ -370,8 +379,7 @@ class IngestPipeline:
         """Update in-memory state once the batch is durable."""
         index = self._simhash_index(batch.namespace.key)
         with self._simhash_lock:
-            for d in batch.documents:
-                index.add(d.doc.id, d.simhash)
+            index.add_many([d.doc.id for d in batch.documents], [d.simhash for d in batch.documents])
 
     def ingest(
         self,

@@ -42,8 +42,9 @@ Query-time features (``QUERY_FEATURES``) exist only against a query; the retriev
 ``paraphrase_cluster``
     the passage sits in a tight cluster of mutual paraphrases among the query's candidates.
 
-Pre-filters keep the common case cheap: the regexes only run when a document contains one of their
-trigger tokens, and the hidden-text scan only runs on non-ASCII text or text with markup.
+Pre-filters keep the common case cheap: the phrase regexes only run when a document contains one
+of their trigger tokens and one of the literal strings every match contains, and the hidden-text
+scans only run on non-ASCII text with a suspect character, or on text with markup.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ _OVERRIDE = re.compile(
     r"|\bfrom now on,? you (?:will|must|are|shall)\b"
     r"|\bact as (?:an? )?(?:unrestricted|unfiltered|jailbroken)\b"
 )
+# Every alternative of _OVERRIDE contains one of these (see _CODE_LITERALS for why).
+_OVERRIDE_LITERALS = (
+    "ignore", "disregard", "forget", "override", "bypass", "new instruction", "new rules", "new task",
+    " prompt", "developer mode", "do anything now", "you are now ", "from now on", "act as ",
+)
 
 _DIRECTIVE_TRIGGERS = frozenset(
     "your answer answers answering response responses responding respond reply replies replying "
@@ -125,6 +131,12 @@ _DIRECTIVE = re.compile(
     r"|\bthe (?:assistant|ai|chatbot|model|llm) (?:must|should|will|shall)\b"
     r"|\bas an? (?:ai|large language model|language model)\b"
     r"|\b(?:append|prepend|insert) (?:the following|this)\b"
+)
+# Every alternative of _DIRECTIVE contains one of these (see _CODE_LITERALS for why).
+_DIRECTIVE_LITERALS = (
+    "your ", "following ", "respond", "reply", "answer only", "answering", "summari", "the user",
+    "the reader", "the assistant", "the ai", "the chatbot", "the model", "the llm", "as a ai", "as an ai",
+    "language model", "append", "prepend", "insert",
 )
 
 # --- code that reaches out or executes ---
@@ -144,6 +156,17 @@ _CODE = re.compile(
     r"|\bos\.environ\b|\bpsutil\.\w+|\bgetpass\.\w+"
     r"|\b(?:httpx|aiohttp|urllib3)\.\w+\s*\(|\b\w*smtplib\b|\.sendmail\s*\(|\bsmtp(?:_ssl)?\s*\("
 )
+# Every alternative of _CODE contains one of these strings (``smtp`` covers the three smtp ones,
+# ``os.`` both os ones), so a text without any has no match. Trigger tokens such as "system" or
+# "http" are common in prose, and these regexes have no literal prefix for ``re`` to search for:
+# they try a match at every position, 20-150 µs on a page, where the ``in`` scans take 1-2 µs.
+_CODE_LITERALS = (
+    "subprocess.", "os.", "eval", "exec", "socket.", "curl", "wget", "powershell", "base64.b64decode",
+    "__import__", "requests.", "paho.mqtt", "publish.single", "smtp", "ftplib.", "urllib.request.",
+    "http.client.", "psutil.", "getpass.", "httpx.", "aiohttp.", "urllib3.", ".sendmail",
+)
+
+_TRIGGERS = _OVERRIDE_TRIGGERS | _DIRECTIVE_TRIGGERS | _CODE_TRIGGERS
 
 # --- a request to the reader inside structured data ---
 
@@ -166,6 +189,11 @@ _MARKUP = re.compile(
     r"|opacity\s*:\s*0(?:\.0+)?\s*[;}\"']|color\s*:\s*(?:white|#fff(?:fff)?)\b",
     re.IGNORECASE,
 )
+# A match without "<" is a CSS property whose name ends in "y", "e" or "r" (no other character
+# matches those under IGNORECASE), then a colon: a text without either matches nothing. Looking
+# for this is a fast character-set scan; _MARKUP tries a match at every position (IGNORECASE
+# leaves it no prefix to scan for), about 15 µs on a page with a colon.
+_CSS_PROPERTY = re.compile(r"[eryERY]\s*:")
 # A word that mixes Latin letters with Cyrillic or Greek ones is a homoglyph disguise.
 _MIXED_SCRIPT = re.compile(
     r"\b(?=\w*[a-zA-Z])(?=\w*[\u0370-\u03ff\u0400-\u04ff])\w+\b"
@@ -174,6 +202,9 @@ _MIXED_SCRIPT = re.compile(
 # characters are counted by one scan in C rather than a Python loop over every character.
 _GREEK_CYRILLIC = re.compile(r"[\u0370-\u03ff\u0400-\u04ff]")
 _TAG_CHARS = re.compile("[\U000e0000-\U000e007f]")
+# Most non-ASCII text (accents, curly quotes, CJK) has none of the characters the three scans
+# look for; one scan for any of them spares the other three.
+_HIDDEN_CANDIDATE = re.compile("[" + re.escape(INVISIBLE_CHARS) + "\u0370-\u03ff\u0400-\u04ff\U000e0000-\U000e007f]")
 
 # --- URLs ---
 
@@ -210,7 +241,7 @@ _BIDI_OVERRIDES = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2
 
 def _hidden_risk(raw: str) -> float:
     score = 0.0
-    if not raw.isascii():
+    if not raw.isascii() and _HIDDEN_CANDIDATE.search(raw):
         suspicious = 0
         for m in _INVISIBLE.finditer(raw):
             c, i, j = m.group(), m.start(), m.end()
@@ -225,7 +256,7 @@ def _hidden_risk(raw: str) -> float:
             score += min(1.0, suspicious / 3)
         if _GREEK_CYRILLIC.search(raw) and _MIXED_SCRIPT.search(raw):
             score += 0.5
-    if "<" in raw or ":" in raw:
+    if "<" in raw or (":" in raw and _CSS_PROPERTY.search(raw)):
         score += min(1.0, len(_MARKUP.findall(raw)) / 2)
     return min(1.0, score)
 
@@ -245,19 +276,24 @@ def _embedded_instruction(raw: str) -> float:
     return 0.0
 
 
+def _mentions(text: str, literals: tuple[str, ...]) -> bool:
+    return any(literal in text for literal in literals)
+
+
 def document_features(raw: str, canonical: str, tokens: Iterable[str]) -> list[float]:
     """The ingest-time feature strengths of one document, in ``INGEST_FEATURES`` order.
 
     ``near_duplicate_burst`` is left at 0: only the pipeline, which sees the namespace, can set it.
     """
-    # Three membership scans of the token list are cheaper than building a set of it first.
-    token_list = tokens if isinstance(tokens, list | tuple) else list(tokens)
+    # One scan of the tokens against every trigger (cheaper than three, or than a set of them);
+    # the three trigger sets are then checked against the few hits.
+    triggered = _TRIGGERS.intersection(tokens)
     override = directive = code = 0.0
-    if not _OVERRIDE_TRIGGERS.isdisjoint(token_list):
+    if not _OVERRIDE_TRIGGERS.isdisjoint(triggered) and _mentions(canonical, _OVERRIDE_LITERALS):
         override = min(1.0, len(_OVERRIDE.findall(canonical)) / 1)
-    if not _DIRECTIVE_TRIGGERS.isdisjoint(token_list):
+    if not _DIRECTIVE_TRIGGERS.isdisjoint(triggered) and _mentions(canonical, _DIRECTIVE_LITERALS):
         directive = min(1.0, len(_DIRECTIVE.findall(canonical)) / 2)
-    if not _CODE_TRIGGERS.isdisjoint(token_list):
+    if not _CODE_TRIGGERS.isdisjoint(triggered) and _mentions(canonical, _CODE_LITERALS):
         code = min(1.0, len(_CODE.findall(canonical)) / 2)
     url = _url_risk(raw) if ("://" in raw or "data:" in raw or "javascript:" in raw) else 0.0
     embedded = _embedded_instruction(raw) if "|" in raw else 0.0

@@ -7,9 +7,14 @@ Candidates found through a band are then checked for their true distance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import combinations
+
+import numpy as np
+
 from ._fingerprint import hamming
 
-__all__ = ["SimhashIndex"]
+__all__ = ["SimhashIndex", "near_pairs"]
 
 _BANDS = 4
 _BAND_BITS = 16
@@ -48,6 +53,27 @@ class SimhashIndex:
             else:
                 ids.add(doc_id)
 
+    def add_many(self, doc_ids: Sequence[str], simhashes: Sequence[int]) -> None:
+        """:meth:`add` for each pair; band by band, in about two thirds of the time."""
+        if len(set(doc_ids)) < len(doc_ids):  # a later pair replaces an earlier one: add() does that
+            for doc_id, simhash in zip(doc_ids, simhashes, strict=True):
+                self.add(doc_id, simhash)
+            return
+        hashes = self._hashes
+        for doc_id in doc_ids:
+            if doc_id in hashes:
+                self.discard(doc_id)
+        hashes.update(zip(doc_ids, simhashes, strict=True))
+        for k, band in enumerate(self._bands):
+            shift = k * _BAND_BITS
+            for doc_id, simhash in zip(doc_ids, simhashes, strict=True):
+                value = (simhash >> shift) & _BAND_MASK
+                ids = band.get(value)
+                if ids is None:
+                    band[value] = {doc_id}
+                else:
+                    ids.add(doc_id)
+
     def discard(self, doc_id: str) -> None:
         old = self._hashes.pop(doc_id, None)
         if old is None:
@@ -70,3 +96,36 @@ class SimhashIndex:
             return found
         found.discard(exclude)
         return {i for i in found if hamming(self._hashes[i], simhash) <= self.max_distance}
+
+
+def near_pairs(simhashes: np.ndarray, max_distance: int) -> dict[int, set[int]]:
+    """Within one array of fingerprints: for each position that has any, the other positions
+    within ``max_distance`` bits (what a :class:`SimhashIndex` of them would answer).
+
+    The same bands, vectorised: positions that share a band value are found by sorting each band,
+    and only those candidates (few in a batch of distinct texts) are checked one by one.
+    """
+    if not 0 <= max_distance < _BANDS:
+        raise ValueError(f"max_distance must be in [0, {_BANDS - 1}] for {_BANDS} bands")
+    values = simhashes.tolist()
+    out: dict[int, set[int]] = {}
+    for k in range(_BANDS):
+        band = (simhashes >> np.uint64(k * _BAND_BITS)) & np.uint64(_BAND_MASK)
+        order = np.argsort(band, kind="stable")
+        ordered = band[order]
+        same = ordered[1:] == ordered[:-1]
+        if not same.any():
+            continue
+        group = np.concatenate(([0], np.cumsum(~same)))  # run of equal values, per sorted position
+        shared = np.bincount(group)[group] > 1
+        members: dict[int, list[int]] = {}
+        for g, i in zip(group[shared].tolist(), order[shared].tolist(), strict=True):
+            members.setdefault(g, []).append(i)
+        for run in members.values():
+            for i, j in combinations(run, 2):
+                if j in out.get(i, ()):
+                    continue  # found through an earlier band (copies share all four)
+                if hamming(values[i], values[j]) <= max_distance:
+                    out.setdefault(i, set()).add(j)
+                    out.setdefault(j, set()).add(i)
+    return out

@@ -60,21 +60,48 @@ MIN_GRAMS = 12
 still scored inside the pairs it forms with its neighbours."""
 
 
-_SENTENCE_END = np.array([ord(c) for c in ".!?;"], np.uint64)
-_CJK_END = np.array([ord(c) for c in "。！？；"], np.uint64)
+# ASCII word characters (``\w``); every code point above ASCII counts as a word character except
+# the punctuation and space blocks below. The hashed features only need train and score to split
+# words the same way, not Unicode's exact definition of a word.
+_ASCII_WORD = [chr(i).isalnum() or chr(i) == "_" for i in range(128)]
+_NON_WORD_RANGES = ((0x80, 0xBF), (0x2000, 0x206F), (0x3000, 0x303F), (0xFE30, 0xFE4F), (0xFF00, 0xFF0F),
+                    (0xFF1A, 0xFF20))
+
+# What hashing needs to know of a character, as bit flags in one table over the BMP: one look-up
+# per character replaces a dozen comparisons over the whole text. Every code point above U+FFFF
+# reads the entry of U+FFFF (a word character, nothing else), which is what it is.
+_WORD_CHAR = np.uint8(1)
+_BREAK_AFTER = np.uint8(2)  # a segment starts after it: a line break, CJK sentence punctuation
+_SENTENCE_END = np.uint8(4)  # a segment starts after it and the space that follows: ".!?;"
 
 
-def _starts(c: np.ndarray) -> np.ndarray:
+def _class_table() -> np.ndarray:
+    """The flags of every BMP code point (see the three flags above)."""
+    table = np.full(0x10000, _WORD_CHAR, np.uint8)
+    table[:128] = np.where(_ASCII_WORD, _WORD_CHAR, 0)
+    for lo, hi in _NON_WORD_RANGES:
+        table[lo: hi + 1] = 0
+    table[[ord(ch) for ch in "\n。！？；"]] |= _BREAK_AFTER
+    table[[ord(ch) for ch in ".!?;"]] |= _SENTENCE_END
+    return table
+
+
+_CLASS = _class_table()
+
+
+def _starts(c: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Segment start offsets for code points ``c`` (a skeleton: single spaces), beginning with 0.
 
     A segment starts after a line break, after CJK sentence punctuation, and after the space that
-    follows ``.!?;``. A segment longer than ``_MAX_SEGMENT`` is cut again at a space.
+    follows ``.!?;``. A segment longer than ``_MAX_SEGMENT`` is cut again at a space. ``classes``
+    are the characters' :data:`_CLASS` flags.
     """
     n = len(c)
     after = np.zeros(n, bool)
     if n > 1:
-        after[1:] = (c[:-1] == 10) | np.isin(c[:-1], _CJK_END)
-        after[1:] |= np.concatenate([[False], np.isin(c[:-2], _SENTENCE_END) & (c[1:-1] == 32)]) if n > 2 else False
+        after[1:] = (classes[:-1] & _BREAK_AFTER).astype(bool)
+    if n > 2:
+        after[2:] |= (classes[:-2] & _SENTENCE_END).astype(bool) & (c[1:-1] == 32)
     after[0] = True
     starts = np.flatnonzero(after)
     gaps = np.diff(np.append(starts, n))
@@ -93,15 +120,11 @@ def _starts(c: np.ndarray) -> np.ndarray:
 
 
 def _bucket(h: np.ndarray, salt: np.uint64, bits: int) -> np.ndarray:
-    return ((h ^ salt) * _MIX) >> np.uint64(64 - bits)
-
-
-# ASCII word characters (``\w``); every code point above ASCII counts as a word character except
-# the punctuation and space blocks below. The hashed features only need train and score to split
-# words the same way, not Unicode's exact definition of a word.
-_ASCII_WORD = np.array([chr(i).isalnum() or chr(i) == "_" for i in range(128)])
-_NON_WORD_RANGES = ((0x80, 0xBF), (0x2000, 0x206F), (0x3000, 0x303F), (0xFE30, 0xFE4F), (0xFF00, 0xFF0F),
-                    (0xFF1A, 0xFF20))
+    """The weight index of each hash: its top ``bits`` bits after mixing, as int64."""
+    out = h ^ salt  # one new array, then in place: a batch has about a million grams
+    out *= _MIX
+    out >>= np.uint64(64 - bits)
+    return out.view(np.int64)  # below 2**bits: the same numbers
 
 
 class _Powers:
@@ -123,15 +146,6 @@ class _Powers:
 _POWERS = _Powers()
 
 
-def _word_mask(c: np.ndarray) -> np.ndarray:
-    ascii_ = c < 128
-    mask = np.where(ascii_, _ASCII_WORD[np.minimum(c, 127)], True)
-    if not ascii_.all():
-        for lo, hi in _NON_WORD_RANGES:
-            mask &= ~((c >= lo) & (c <= hi))
-    return mask
-
-
 def hashed_segments(text: str, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(buckets, segment of each bucket, segment starts)`` for one skeleton text.
 
@@ -140,47 +154,54 @@ def hashed_segments(text: str, bits: int) -> tuple[np.ndarray, np.ndarray, np.nd
     """
     if not text:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64)
-    c = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    classes = _CLASS[code_points if text.isascii() else np.minimum(code_points, 0xFFFF)]
+    c = code_points.astype(np.uint64)
     n = len(c)
-    starts = _starts(c)
+    starts = _starts(c, classes)
     is_nl = c == 10
     newline = np.cumsum(is_nl)  # line breaks up to and including each position
-    all_ascii = text.isascii()
+    # The segment each position lies in, so each kind of gram picks its segments as it goes
+    # (a boolean selection) instead of gathering them for a million positions at the end.
+    marker = np.zeros(n, np.int64)
+    marker[starts] = 1
+    seg_of = np.cumsum(marker)
+    seg_of -= 1
     parts_b: list[np.ndarray] = []
-    parts_p: list[np.ndarray] = []
+    parts_s: list[np.ndarray] = []
     with np.errstate(over="ignore"):
         h = c
         for size in (2, 3, 4, 5):
             if n < size:
                 break
-            h = h[:-1] * _P + c[size - 1:]
+            h = h[:-1] * _P
+            h += c[size - 1:]
             if size >= 3:
                 m = n - size + 1
-                ok = (newline[size - 1:] == newline[:m]) & ~is_nl[:m]
+                ok = newline[size - 1:] == newline[:m]
+                ok &= ~is_nl[:m]
                 parts_b.append(_bucket(h[ok], _SALT[size], bits))
-                parts_p.append(np.flatnonzero(ok))
+                parts_s.append(seg_of[:m][ok])
         # Word spans through prefix sums of c[t]·P⁻ᵗ: hash(a, b) = (S[b] − S[a])·Pᵃ, the same
         # polynomial for a word wherever it stands.
-        word = _ASCII_WORD[c] if all_ascii else _word_mask(c)
+        word = (classes & _WORD_CHAR).astype(bool)
         edge = np.diff(np.concatenate([[False], word, [False]]).astype(np.int8))
         a = np.flatnonzero(edge == 1)
         b = np.flatnonzero(edge == -1)
         if len(a):
             fwd, inv = _POWERS.upto(n)
-            prefix = np.concatenate([[np.uint64(0)], np.cumsum(c * inv)])
+            prefix = np.empty(n + 1, np.uint64)
+            prefix[0] = 0
+            np.cumsum(c * inv, out=prefix[1:])
             words = (prefix[b] - prefix[a]) * fwd[a]
             parts_b.append(_bucket(words, _WORD_SALT, bits))
-            parts_p.append(a)
+            parts_s.append(seg_of[a])
             if len(a) > 1:
                 same_line = newline[b[1:] - 1] == newline[a[:-1]]
                 pairs = (words[:-1] * _P ^ words[1:])[same_line]
                 parts_b.append(_bucket(pairs, _BIGRAM_SALT, bits))
-                parts_p.append(a[:-1][same_line])
-    buckets = np.concatenate(parts_b).astype(np.int64)
-    marker = np.zeros(n, np.int64)
-    marker[starts] = 1
-    seg = (np.cumsum(marker) - 1)[np.concatenate(parts_p)]
-    return buckets, seg, starts
+                parts_s.append(seg_of[a[:-1][same_line]])
+    return np.concatenate(parts_b), np.concatenate(parts_s), starts
 
 
 @dataclass(frozen=True, slots=True)
