@@ -3,8 +3,9 @@
     python examples/incident_response.py
 
 Nothing is downloaded: the embedder is the package's hashing embedder. The keys come from fixed
-seeds and the crawl time is fixed, so every run prints the same ids; in production the keys come
-from your key store.
+seeds; in production they come from your key store. Each manifest names its namespace and is
+valid for a window from the time it is signed (with a random batch id), so manifest ids differ
+from run to run.
 
 The story:
 
@@ -33,7 +34,6 @@ import logging
 import shutil
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import guarded_retriever as gr
@@ -66,7 +66,6 @@ GOLD = [
     {"query": "API rate limit requests", "namespace": ACME, "expect": ["kb-rate"]},
     {"query": "payroll Zenith", "namespace": GLOBEX, "expect": ["gx-payroll"]},
 ]
-CRAWL_TIME = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)  # fixed, so the manifest ids are the same every run
 # The hashing embedder only sees shared words, so ΔS runs high; with MiniLM keep the default 0.6.
 MAX_DELTA_S = 0.95
 
@@ -94,15 +93,16 @@ def main() -> None:
     policy = gr.TrustPolicy(trusted_signers={crawler.public_key}, allowed_domains={"example.com"})
     index = gr.GuardedIndex(embedder, policy=policy)
 
-    def manifest(docs: list[tuple[str, str]], url: str) -> gr.SignedManifest:
+    def manifest(docs: list[tuple[str, str]], url: str, namespace: dict[str, str] = ACME) -> gr.SignedManifest:
+        # Signed for one namespace: a copy replayed into any other is refused.
         return crawler.sign_texts([t for _, t in docs], source_type="web", source_url=url, hsts=True,
-                                  crawl_time=CRAWL_TIME)
+                                  namespace=namespace)
 
     print("== 1. ingest: every batch signed by the trusted crawler ==")
     index.add(HELP_CENTRE, namespace=ACME, manifest=manifest(HELP_CENTRE, "https://docs.example.com/help"))
     wiki = manifest(WIKI_CRAWL, "https://wiki.example.com/acme")
     report = index.add(WIKI_CRAWL, namespace=ACME, manifest=wiki)
-    index.add(GLOBEX_DOCS, namespace=GLOBEX, manifest=manifest(GLOBEX_DOCS, "https://docs.example.com/globex"))
+    index.add(GLOBEX_DOCS, namespace=GLOBEX, manifest=manifest(GLOBEX_DOCS, "https://docs.example.com/globex", GLOBEX))
     print(f"wiki batch kept: {list(report.kept)}")
     print(f"wiki batch quarantined: {[q[0] for q in report.quarantined]}")
     print(f"top hits for 'reset password': {top(index, 'reset password', ACME)}")
@@ -127,7 +127,7 @@ def main() -> None:
         print(f"write refused: {type(exc).__name__}")
     print(f"reads go on: {top(index, 'reset password', ACME)}")
     note = [("gx-note", "Globex desks are booked through the Orbit app.")]
-    added = index.add(note, namespace=GLOBEX, manifest=manifest(note, "https://docs.example.com/globex"))
+    added = index.add(note, namespace=GLOBEX, manifest=manifest(note, "https://docs.example.com/globex", GLOBEX))
     print(f"globex still takes writes: {list(added.kept)}")
 
     print("\n== 4. revoke the whole crawl ==")

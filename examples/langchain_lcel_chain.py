@@ -101,7 +101,8 @@ def build_store() -> GuardedVectorStore:
         articles,
         ids=list(HELP_CENTRE),
         manifest=signer.sign_texts(
-            articles, source_type="web", source_url="https://help.acme.example/passwords", hsts=True
+            articles, source_type="web", source_url="https://help.acme.example/passwords", hsts=True,
+            namespace=ACME,
         ),
     )
     posts = list(FORUM.values())
@@ -113,6 +114,7 @@ def build_store() -> GuardedVectorStore:
             source_type="forum",
             source_url="https://forum.example.net/t/123",
             signer=signer.public_key,
+            namespace=ACME,
         ),
     )
     acme.for_namespace(GLOBEX).add_texts(list(GLOBEX_DOCS.values()), ids=list(GLOBEX_DOCS))

@@ -95,7 +95,7 @@ def build_guard(embed_model: HashingEmbedding) -> GuardedIndex:
     help_nodes = [n for n in tenant_nodes() if n.node_id in ACME_HELP]
     texts = [guarded_text(n) for n in help_nodes]
     guard.add([(n.node_id, t) for n, t in zip(help_nodes, texts, strict=True)], namespace=ACME,
-              manifest=signer.sign_texts(texts, source_type="web", hsts=True,
+              manifest=signer.sign_texts(texts, source_type="web", hsts=True, namespace=ACME,
                                          source_url="https://help.acme.example/passwords"))
     return guard
 

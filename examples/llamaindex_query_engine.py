@@ -112,11 +112,11 @@ def build_retriever() -> GuardedRetriever:
     articles = nodes(HELP_CENTRE)
     acme.add_nodes(articles, manifest=signer.sign_texts(
         [guarded_text(n) for n in articles],  # the manifest lists the text, not the metadata
-        source_type="web", source_url="https://help.acme.example/passwords", hsts=True))
+        source_type="web", source_url="https://help.acme.example/passwords", hsts=True, namespace=ACME))
     posts = nodes(FORUM)
     report = acme.add_nodes(posts, manifest=IngestManifest.for_texts(
         [guarded_text(n) for n in posts], source_type="forum",
-        source_url="https://forum.example.net/t/123", signer=signer.public_key))
+        source_url="https://forum.example.net/t/123", signer=signer.public_key, namespace=ACME))
     print(f"ingest: kept {list(report.kept)}, quarantined {[q[0] for q in report.quarantined]}")
     acme.for_namespace(GLOBEX).add_nodes(nodes(GLOBEX_DOCS))
     return acme

@@ -61,7 +61,7 @@ def build() -> tuple[gr.GuardedIndex, gr.ManifestSigner]:
     index = gr.GuardedIndex(HashingEmbedder(), policy=policy)
     for (tenant, product, env), docs in CORPUS.items():
         texts = [d[1] if isinstance(d, tuple) else d["text"] for d in docs]
-        manifest = signer.sign_texts(texts, source_type="web", hsts=True,
+        manifest = signer.sign_texts(texts, source_type="web", hsts=True, namespace=ns(tenant, product, env),
                                      source_url=f"https://{tenant}.example.com/{product}/{env}")
         index.add(docs, namespace=ns(tenant, product, env), manifest=manifest)
     return index, signer
@@ -137,12 +137,13 @@ def run() -> dict[str, Any]:
     frozen_error = ""
     try:
         index.add(note, namespace=staging, manifest=signer.sign_texts(
-            [note[0][1]], source_type="web", source_url="https://acme.example.com/help/staging"))
+            [note[0][1]], source_type="web", source_url="https://acme.example.com/help/staging", namespace=staging))
     except gr.NamespaceFrozenError as exc:
         frozen_error = type(exc).__name__
     print(f"write to acme staging: {frozen_error}")
     prod_note = index.add(note, namespace=ns("acme", "help", "prod"), manifest=signer.sign_texts(
-        [note[0][1]], source_type="web", source_url="https://acme.example.com/help/prod"))
+        [note[0][1]], source_type="web", source_url="https://acme.example.com/help/prod",
+        namespace=ns("acme", "help", "prod")))
     print(f"write to acme prod: kept {list(prod_note.kept)}")
     print(f"staging still readable: {[h.id for h in index.search('reset', namespace=staging, k=1).kept]}")
     print(f"frozen: {index.ledger.frozen()}")

@@ -89,11 +89,13 @@ def adopt(client: QdrantClient, guarded: GuardedVectorStore, signer: ManifestSig
         # Sign what you vouch for (your help centre); the forum dump gets an unsigned manifest:
         # it is scored low for provenance and checked for poison, not refused.
         manifest: SignedManifest | IngestManifest
+        namespace = {**ACME, "tenant_id": tenant}
         if "help.acme" in url or "intranet.globex" in url:
-            manifest = signer.sign_texts(texts, source_type="web", source_url=url, hsts=True)
+            manifest = signer.sign_texts(texts, source_type="web", source_url=url, hsts=True, namespace=namespace)
         else:
-            manifest = IngestManifest.for_texts(texts, source_type="forum", source_url=url, signer=signer.public_key)
-        store = guarded.for_namespace({**ACME, "tenant_id": tenant})
+            manifest = IngestManifest.for_texts(texts, source_type="forum", source_url=url, signer=signer.public_key,
+                                                namespace=namespace)
+        store = guarded.for_namespace(namespace)
         store.add_texts(texts, ids=[d["id"] for d in docs], manifest=manifest)
 
 

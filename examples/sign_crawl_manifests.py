@@ -3,36 +3,35 @@
     python examples/sign_crawl_manifests.py
 
 Nothing is downloaded: the "crawl" is a dict of pages and the embedder is the package's hashing
-embedder. The keys come from fixed seeds and the crawl time is fixed, so every run prints the same
-manifest ids; in production the crawler's key lives in your key store and only its public half is
-given to the ingest side.
+embedder. The keys come from fixed seeds; in production the crawler's key lives in your key store
+and only its public half is given to the ingest side.
 
 What it shows:
 
 * the crawler groups pages by site and signs one ed25519 manifest per batch: the hash and digest of
-  every page's canonical text, the source URL and whether the site sent HSTS. Manifest and pages
-  travel together as JSON, as they would over a queue;
+  every page's canonical text, the source URL, whether the site sent HSTS, the namespace the batch
+  is for, a batch id and a validity window (30 days from signing). Manifest and pages travel
+  together as JSON, as they would over a queue;
 * the ingest side trusts that key and a short domain allowlist. Provenance = 0.4 domain on the list
   + 0.4 valid signature by a trusted key + 0.2 transport (https, plus HSTS): 1.0 for the docs site,
   less for a partner site off the list. A signature vouches for origin, not content: a poisoned page
   in a signed batch is still quarantined;
 * a page edited after signing, an edited manifest, a truncated signature, an unknown signer, plain
-  http and a batch without a signed manifest are each refused with their own error, and the ledger
-  and the index are left exactly as they were;
+  http, a manifest signed for another namespace and a batch without a signed manifest are each
+  refused with their own error, and the ledger and the index are left exactly as they were;
 * provenance is a ranking signal: for the same question the signed docs outrank the partner's page.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import guarded_retriever as gr
 from guarded_retriever.testing import HashingEmbedder
 
 NS = {"tenant_id": "acme", "product_id": "docs", "env": "prod"}
-CRAWL_TIME = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)  # fixed, so the manifest ids are the same every run
+OTHER_NS = {"tenant_id": "globex", "product_id": "docs", "env": "prod"}
 
 # site -> (sent HSTS?, {page id: text}); what the crawler fetched.
 CRAWL: dict[str, tuple[bool, dict[str, str]]] = {
@@ -54,8 +53,8 @@ def crawl_batches(crawler: gr.ManifestSigner) -> list[dict[str, Any]]:
     """What the crawler ships: one message per site, the pages plus their signed manifest (JSON)."""
     out = []
     for url, (hsts, pages) in CRAWL.items():
-        signed = crawler.sign_texts(pages.values(), source_type="web", source_url=url, hsts=hsts,
-                                    crawl_time=CRAWL_TIME)
+        # Signed for NS: the same message replayed into another tenant's namespace is refused.
+        signed = crawler.sign_texts(pages.values(), source_type="web", source_url=url, hsts=hsts, namespace=NS)
         out.append({"pages": [{"id": i, "text": t} for i, t in pages.items()], "manifest": signed.to_json().decode()})
     return out
 
@@ -101,15 +100,19 @@ def main() -> dict[str, Any]:
     pages = good["pages"]
     texts = [p["text"] for p in pages]
     unknown = {"pages": pages, "manifest": stranger.sign_texts(
-        texts, source_type="web", source_url="https://docs.acme.example/security").to_json().decode()}
+        texts, source_type="web", source_url="https://docs.acme.example/security", namespace=NS).to_json().decode()}
     plain_http = {"pages": pages, "manifest": crawler.sign_texts(
-        texts, source_type="web", source_url="http://docs.acme.example/security").to_json().decode()}
+        texts, source_type="web", source_url="http://docs.acme.example/security", namespace=NS).to_json().decode()}
+    other_namespace = {"pages": pages, "manifest": crawler.sign_texts(
+        texts, source_type="web", source_url="https://docs.acme.example/security",
+        namespace=OTHER_NS).to_json().decode()}
     unsigned = {"pages": pages, "manifest": gr.IngestManifest.for_texts(
-        texts, source_type="web", source_url="https://docs.acme.example/security", signer=crawler.public_key)}
+        texts, source_type="web", source_url="https://docs.acme.example/security", signer=crawler.public_key,
+        namespace=NS)}
     refused: dict[str, str] = {}
     cases = {"page edited after signing": edited_page, "manifest edited": edited_manifest,
              "truncated signature": truncated, "unknown signer": unknown, "plain http": plain_http,
-             "unsigned manifest": unsigned, "no manifest": {"pages": pages, "manifest": None}}
+             "signed for another namespace": other_namespace, "unsigned manifest": unsigned, "no manifest": {"pages": pages, "manifest": None}}
     for label, message in cases.items():
         try:
             index.add(message["pages"], namespace=NS, manifest=message["manifest"])

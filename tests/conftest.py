@@ -36,7 +36,7 @@ def sign(signer: gr.ManifestSigner, texts: list[str], url: str = "https://docs.e
 
 # Hypothesis profiles of the bad-input fuzz tests (tests/test_fuzz.py); choose one with
 # GR_FUZZ_PROFILE. Each fuzz test runs a multiple of the profile's max_examples: "fuzz-ci" adds up
-# to 10,500 cases, derandomized so that CI is reproducible; "fuzz-nightly" explores 10x more.
+# to 11,800 cases, derandomized so that CI is reproducible; "fuzz-nightly" explores 10x more.
 settings.register_profile(
     "fuzz-ci",
     max_examples=1000,

@@ -18,6 +18,7 @@ REFUSED = {
     "truncated signature": "SignatureError",
     "unknown signer": "UntrustedSignerError",
     "plain http": "UntrustedSourceError",
+    "signed for another namespace": "ManifestReplayError",
     "unsigned manifest": "ManifestRequiredError",
     "no manifest": "ManifestRequiredError",
 }

@@ -1,23 +1,25 @@
 """Fuzzing bad input: every case gets a typed error, and leaves the ledger and indexes untouched.
 
 Wrong types, huge texts, lone surrogates, NaN/inf/complex/wrong-dimension vectors, malformed and
-forged manifests and signatures, malformed namespaces, bad search requests. Each case asserts that
+forged manifests and signatures, malformed namespaces, bad search requests, and junk arguments to
+every other public call, the LangChain and LlamaIndex faces' included. Each case asserts that
 the call raised a :class:`GuardedRetrieverError` of the expected family, and that
 ``guarded_retriever.testing.state_digest`` (a sha256 over the ledger's database image and every
 shard's rows, BM25 term lists and vectors) is the same before and after.
 
 The Hypothesis profile comes from ``GR_FUZZ_PROFILE`` (see ``conftest.py``): ``fuzz-ci`` (the
-default) runs 10,500 cases in all, derandomized.
+default) runs 11,800 cases in all, derandomized.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -84,9 +86,9 @@ def sign(texts: list[str], signer: gr.ManifestSigner = SIGNER, url: str = URL) -
     return signer.sign_texts(texts, source_type="web", source_url=url, hsts=True)
 
 
+@functools.cache  # one manifest: signing again would draw a new batch id, so a new manifest id
 def revoked_manifest() -> gr.SignedManifest:
-    return SIGNER.sign_texts(REVOKED_BATCH, source_type="web", source_url=URL,
-                             crawl_time=datetime(2024, 5, 1, tzinfo=UTC))
+    return SIGNER.sign_texts(REVOKED_BATCH, source_type="web", source_url=URL)
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +339,7 @@ def bad_manifests(draw: st.DrawFn) -> tuple[list[str], Any, tuple[type[BaseExcep
         if field == "hsts":
             new: Any = draw(st.sampled_from([False, None, [], {}, "maybe", 2.5]))
         elif field == "schema_rev":
-            new = draw(st.one_of(st.integers().filter(lambda v: v != 1), st.text(max_size=3).filter(lambda t: t != "1"),
+            new = draw(st.one_of(st.integers().filter(lambda v: v != 2), st.text(max_size=3).filter(lambda t: t != "2"),
                                  st.none(), st.lists(st.integers(), max_size=2)))
         else:
             new = draw(json_values)
@@ -371,9 +373,11 @@ def bad_manifests(draw: st.DrawFn) -> tuple[list[str], Any, tuple[type[BaseExcep
                                     "https://docs.example.com@evil.test/", "file:///etc/passwd"]))
         return texts, sign(texts, url=url), (gr.UntrustedSourceError, gr.ManifestError)
     elif kind == "tamper":
-        field = draw(st.sampled_from(["source_url", "hsts", "crawl_time", "source_type"]))
+        field = draw(st.sampled_from(["source_url", "hsts", "crawl_time", "source_type", "namespace", "batch_id"]))
+        # Each a value the manifest could have been signed with (a crawl time in 2001 no longer is).
         body[field] = {"source_url": "https://docs.example.com/other", "hsts": False,
-                       "crawl_time": "2001-01-01T00:00:00Z", "source_type": "upload"}[field]
+                       "crawl_time": body["not_after"], "source_type": "upload",
+                       "namespace": "env=prod|product_id=kb|tenant_id=acme", "batch_id": "another-batch"}[field]
         return texts, draw(st.sampled_from([doc, _dumps(doc)])), (gr.SignatureError,)
     elif kind == "unsigned":
         return texts, signed.manifest, (gr.ManifestRequiredError, gr.SignatureError, gr.ManifestError)
@@ -562,6 +566,79 @@ def test_a_failed_first_batch_leaves_no_empty_shard_and_no_dimension() -> None:
     assert index.namespaces() == [gr.Namespace.of(**NS_B).key] and gt.state_digest(index) == before
 
 
+# -- every other public call (issue 20, finding 15) -----------------------------------------------
+
+# Values a caller may pass by mistake: wrong types, ints beyond 64 bits, lone surrogates, strings
+# where a list of ids belongs (iterating "doc-1" would name "d", "o", ...).
+junk = st.one_of(st.none(), st.integers(min_value=-(2**80), max_value=2**80), st.floats(allow_nan=True),
+                 st.binary(max_size=6), st.tuples(st.text(max_size=4), surrogate).map("".join),
+                 st.text(min_size=1, max_size=6), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+                 st.lists(st.one_of(st.none(), st.integers(min_value=-(2**80), max_value=2**80), st.floats(),
+                                    st.binary(max_size=3)), min_size=1, max_size=3))
+not_a_reason = junk.filter(lambda v: not isinstance(v, str) or any("\ud800" <= c <= "\udfff" for c in v))
+not_ids = junk.filter(lambda v: not (isinstance(v, list) and all(isinstance(i, str) for i in v)))
+
+
+def reads_typed_or_nothing(world: World, call: Callable[[], Any]) -> None:
+    """A read either answers or raises a typed error; either way nothing changes."""
+    before = gt.state_digest(world.index)
+    with contextlib.suppress(gr.GuardedRetrieverError):
+        call()
+    assert gt.state_digest(world.index) == before
+
+
+def test_every_public_call_refuses_bad_arguments_with_a_typed_error(world: World, tmp_path_factory: Any) -> None:
+    calls = [0]
+    digest = gr.content_hash(gr.canonicalize("a document 1"))
+    save_to = tmp_path_factory.mktemp("fuzz-save")
+
+    @fuzz(1.0)
+    @given(value=junk, ids=not_ids, reason=not_a_reason,
+           which=st.sampled_from(["get", "delete", "freeze", "revoke", "verify", "report_violations", "export",
+                                  "ids", "unfreeze", "for_texts", "sign_texts", "save", "search_quarantine"]))
+    def case(value: Any, ids: Any, reason: Any, which: str) -> None:
+        calls[0] += 1
+        index = world.index
+        if which == "get":
+            assert_refused(world, lambda: index.get(ids, namespace=NS), gr.DocumentError)
+        elif which == "delete":
+            assert_refused(world, lambda: index.delete(ids, namespace=NS), gr.DocumentError)
+        elif which == "report_violations":
+            assert_refused(world, lambda: index.report_violations(NS, ids), gr.DocumentError)
+        elif which == "freeze":
+            assert_refused(world, lambda: index.freeze(NS, reason=reason), gr.ConfigError)
+        elif which == "revoke":
+            assert_refused(world, lambda: index.revoke(content_hash=digest, reason=reason), gr.ConfigError)
+            assert_refused(world, lambda: index.revoke(content_hash=value, reason="x"), gr.ConfigError)
+        elif which == "verify":
+            assert_refused(world, lambda: index.verify(value), gr.ConfigError, gr.NamespaceError)
+            if not isinstance(value, str):  # a str query is a query
+                assert_refused(world, lambda: index.verify([{"query": value, "namespace": NS}]), gr.ConfigError)
+            if value is not None:  # no "expect" is fine
+                assert_refused(world, lambda: index.verify([{"query": "q", "namespace": NS, "expect": value}]),
+                               gr.ConfigError)
+        elif which == "export":
+            reads_typed_or_nothing(world, lambda: index.export_suspects(content_hash=value))
+        elif which == "ids":
+            assert_refused(world, lambda: index.ids(namespace=value), gr.NamespaceError)
+        elif which == "unfreeze":
+            assert_refused(world, lambda: index.unfreeze(value), gr.NamespaceError)
+        elif which == "for_texts":
+            assert_refused(world, lambda: gr.IngestManifest.for_texts(
+                value, source_type="web", source_url=URL, signer=SIGNER.public_key), gr.ManifestError)
+        elif which == "sign_texts":
+            assume(value is not None and not (isinstance(value, str) and "=" in value))  # None: unbound
+            assert_refused(world, lambda: SIGNER.sign_texts(["note x"], source_type="web", source_url=URL,
+                                                            namespace=value), gr.ManifestError)
+        elif which == "save":
+            assert_refused(world, lambda: index.save(save_to / "file.txt" / "idx", signer=SIGNER), gr.SaveError)
+        else:
+            reads_typed_or_nothing(world, lambda: index.search_quarantine(value, namespace=NS))
+
+    (save_to / "file.txt").write_text("a file where a directory should be")
+    run(case, 1.0, calls)
+
+
 # -- the LangChain face --------------------------------------------------------------------------
 
 def test_langchain_store_refuses_bad_batches_and_leaves_its_base_store_alone() -> None:
@@ -612,3 +689,59 @@ def test_langchain_store_refuses_bad_batches_and_leaves_its_base_store_alone() -
         assert base.store == before
 
     run(case, 0.5, calls)
+
+
+# -- the faces' other public calls (issue 20, finding 15) ------------------------------------------
+
+
+def test_the_faces_refuse_bad_ids_queries_and_reasons_with_typed_errors() -> None:
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from guarded_retriever.langchain import GuardedVectorStore
+    from guarded_retriever.llamaindex import GuardedRetriever, HashingEmbedding
+
+    policy = gr.TrustPolicy(manifest_required=False)
+    store = GuardedVectorStore(InMemoryVectorStore(DeterministicFakeEmbedding(size=DIM)), namespace=NS, policy=policy)
+    store.add_texts(["note one about invoices", "note two about passwords"], ids=["n1", "n2"])
+    embed = HashingEmbedding(dim=DIM)
+    retriever = GuardedRetriever(namespace=NS, embed_model=embed, index=gr.GuardedIndex(embed, policy=policy))
+    from llama_index.core.schema import TextNode
+
+    retriever.add_nodes([TextNode(id_="n1", text="note one about invoices")])
+    lc_world, li_world = World(store.index, SwitchEmbedder()), World(retriever.index, SwitchEmbedder())
+    calls = [0]
+
+    @fuzz(0.3)
+    @given(value=junk, reason=not_a_reason, which=st.sampled_from(
+        ["lc-delete", "lc-get", "lc-search", "lc-revoke", "li-delete", "li-retrieve", "li-search", "li-revoke"]))
+    def case(value: Any, reason: Any, which: str) -> None:
+        calls[0] += 1
+        digest = gr.content_hash(gr.canonicalize("note one about invoices"))
+        if which == "lc-delete":
+            assume(value is not None and not isinstance(value, list | dict))  # None: all; lists: str(i) each
+            assert_refused(lc_world, lambda: store.delete(value), gr.DocumentError)
+        elif which == "lc-get":
+            assume(not isinstance(value, list | dict))
+            assert_refused(lc_world, lambda: store.get_by_ids(value), gr.DocumentError)
+        elif which == "lc-search":
+            assume(not isinstance(value, str) or any("\ud800" <= c <= "\udfff" for c in value))
+            assert_refused(lc_world, lambda: store.similarity_search(value), gr.ConfigError)
+        elif which == "lc-revoke":
+            assert_refused(lc_world, lambda: store.revoke(content_hash=digest, reason=reason), gr.ConfigError)
+        elif which == "li-delete":
+            assume(not (isinstance(value, list) and all(isinstance(i, str) for i in value)))
+            assert_refused(li_world, lambda: retriever.delete_nodes(value), gr.DocumentError)
+        elif which == "li-retrieve":  # retrieve() takes a str (LlamaIndex's own code reads it first)
+            assume(isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value))
+            assert_refused(li_world, lambda: retriever.retrieve(value), gr.QueryError)
+            assert_refused(li_world, lambda: retriever.search(value), gr.QueryError)
+        elif which == "li-search":
+            assume(not isinstance(value, str) or any("\ud800" <= c <= "\udfff" for c in value))
+            assert_refused(li_world, lambda: retriever.search(value), gr.QueryError)
+        else:
+            assert_refused(li_world, lambda: retriever.revoke(content_hash=digest, reason=reason), gr.ConfigError)
+
+    run(case, 0.3, calls)

@@ -236,6 +236,27 @@ def test_what_another_connection_revokes_or_freezes_stops_a_prepared_batch(open_
     assert [e["kind"] for e in mine.audit_events()] == ["revoked", "revoked", "namespace_frozen"]
 
 
+def test_finding_9_a_manifest_is_bound_to_one_namespace_across_connections(open_ledger: OpenLedger) -> None:
+    """Issue 20, finding 9: the first namespace a manifest is ingested into (by any connection or
+    process) is the only one it vouches for; one signed for a namespace goes nowhere else."""
+    mine, theirs = open_ledger(), open_ledger()
+    other = gr.Namespace.of(tenant_id="globex", product_id="kb", env="prod").key
+    theirs.record_batch([_record("a", manifest_id="m1")], manifest=_manifest("m1", ["h-a"]), batch_id="b1",
+                        namespace=KEY)
+    before = _snapshot(mine)
+    with pytest.raises(gr.ManifestReplayError):
+        mine.record_batch([_record("x", namespace=other, manifest_id="m1")], manifest=_manifest("m1", ["h-a"]),
+                          batch_id="b2", namespace=other)
+    assert _snapshot(mine) == before
+    mine.record_batch([_record("b", manifest_id="m1")], manifest=_manifest("m1", ["h-a"]), batch_id="b3",
+                      namespace=KEY)  # its own namespace again is fine
+    signed_for = orjson.dumps({"manifest": {"namespace": gr.Namespace.of(**NS_A).key}, "signature": "00"})
+    bound = ManifestRecord("m2", "ab" * 32, "web", "https://docs.example.com/kb", True, signed_for)
+    with pytest.raises(gr.ManifestReplayError, match="signed for another namespace"):
+        mine.record_batch([_record("y", namespace=other, manifest_id="m2")], manifest=bound, batch_id="b4",
+                          namespace=other)
+
+
 def test_a_revocation_drops_records_another_writer_added(open_ledger: OpenLedger) -> None:
     writer, revoker = open_ledger(), open_ledger()
     writer.record_batch([_record("a", content_hash="h-bad"), _record("b")], manifest=None, batch_id="b1",

@@ -439,3 +439,337 @@ def test_f12_postprocessor_and_compressor_return_the_tenants_own_record() -> Non
     other = TextNode(id_="x-new", text="Acme printers are on every floor.", metadata={**NS_A, "floor": "all"})
     [mine] = post.postprocess_nodes([NodeWithScore(node=other, score=0.5)], query_str="printers floor")
     assert mine.node.metadata["floor"] == "all"
+
+
+# -- F8: load read every file whole before verifying it --------------------------------------------
+
+
+def _resign(path: Any, edit: Any = None) -> None:
+    """Rewrite a saved index's MANIFEST.json (checksums and sizes of the files as they now are,
+    then ``edit``) and sign it with the test key, as a save by a compromised signer would be."""
+    import hashlib
+
+    import orjson
+
+    from guarded_retriever import _persist
+
+    manifest = orjson.loads((path / "MANIFEST.json").read_bytes())
+    for name in manifest["files"]:
+        data = (path / name).read_bytes()
+        manifest["files"][name] = hashlib.sha256(data).hexdigest()
+        if "sizes" in manifest:
+            manifest["sizes"][name] = len(data)
+    if edit is not None:
+        edit(manifest)
+    raw = orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS)
+    (path / "MANIFEST.json").write_bytes(raw)
+    (path / "MANIFEST.sig").write_text(SIGNER.sign_bytes(_persist._CONTEXT + raw).hex(), encoding="ascii")
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files load reads into memory (as ``dir/name``), whatever the reader's signature."""
+    from guarded_retriever import _persist
+
+    seen: list[str] = []
+    real = _persist._read_and_hash
+
+    def spy(path: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(f"{path.parent.name}/{path.name}")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(_persist, "_read_and_hash", spy)
+    return seen
+
+
+def _sparse(path: Any, size: int = 1 << 40) -> None:
+    with path.open("wb") as f:
+        f.truncate(size)  # 1 TiB that takes no disk: read whole, it would take 1 TiB of memory
+
+
+def test_finding_8_a_huge_file_is_refused_by_its_signed_size_before_it_is_read(
+        index: gr.GuardedIndex, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import orjson
+
+    from guarded_retriever._persist import verify_saved
+
+    path = index.save(tmp_path / "idx", signer=SIGNER)
+    manifest = orjson.loads((path / "MANIFEST.json").read_bytes())
+    assert manifest["sizes"] == {n: (path / n).stat().st_size for n in manifest["files"]}
+    _sparse(path / "s0" / "vectors.npy")
+    reads = _reads(monkeypatch)
+    with pytest.raises(gr.IntegrityError, match=r"vectors\.npy has been modified"):
+        gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key])
+    assert "s0/vectors.npy" not in reads  # refused by stat, not by reading it
+    with pytest.raises(gr.IntegrityError):
+        verify_saved(path, trusted_signers=[SIGNER.public_key])
+    # Signed sizes are signed: editing one breaks the signature.
+    manifest["sizes"]["s0/vectors.npy"] = 1 << 40
+    (path / "MANIFEST.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS))
+    with pytest.raises(gr.SignatureError):
+        gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key])
+
+
+def test_finding_8_manifest_json_is_capped(index: gr.GuardedIndex, tmp_path: Any) -> None:
+    path = index.save(tmp_path / "idx", signer=SIGNER)
+    _sparse(path / "MANIFEST.json")
+    with pytest.raises(gr.IntegrityError, match="larger than"):
+        gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key])
+    path = index.save(tmp_path / "idx2", signer=SIGNER)
+    _sparse(path / "MANIFEST.sig")
+    with pytest.raises(gr.IntegrityError):
+        gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key])
+
+
+def test_finding_8_saves_without_signed_sizes_still_load_and_stream_first(
+        index: gr.GuardedIndex, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = index.save(tmp_path / "idx", signer=SIGNER)
+    _resign(path, lambda m: m.pop("sizes", None))  # what a v2 save written before sizes were signed holds
+    loaded = gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key], embedder=HashingEmbedder())
+    assert [h.id for h in loaded.search("reset password", namespace=NS_A).kept][:1] == ["a-reset"]
+    # Without a signed size, a file is hashed in a stream first: a huge one is never read whole.
+    _sparse(path / "s0" / "text.bin", 1 << 28)  # 256 MiB: hashed in a stream, chunk by chunk
+    reads = _reads(monkeypatch)
+    with pytest.raises(gr.IntegrityError, match=r"text\.bin has been modified"):
+        gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key])
+    assert "s0/text.bin" not in reads
+
+
+# -- F9: a signed manifest could be replayed into another namespace, at any time -------------------
+
+
+def test_finding_9_a_manifest_signed_for_one_namespace_is_refused_in_another(index: gr.GuardedIndex) -> None:
+    from guarded_retriever.testing import state_digest
+
+    text = "Globex staff reset their password at the kiosk on the third floor."
+    signed = SIGNER.sign_texts([text], source_type="web", source_url=URL, hsts=True, namespace=NS_A)
+    assert signed.manifest.namespace == "env=prod|product_id=kb|tenant_id=acme"  # keys sorted
+    before = state_digest(index)
+    with pytest.raises(gr.ManifestReplayError, match="another namespace"):
+        index.add([("b-new-id", text, {"any": "metadata"})], namespace=NS_B, manifest=signed)
+    assert state_digest(index) == before
+    assert isinstance(gr.ManifestReplayError("x"), gr.ManifestError)
+    # The namespace is signed: moving it breaks the signature.
+    forged = gr.SignedManifest(manifest=signed.manifest.model_copy(update={"namespace": gr.Namespace.of(**NS_B).key}),
+                               signature=signed.signature)
+    with pytest.raises(gr.SignatureError):
+        index.add([("b-new-id", text)], namespace=NS_B, manifest=forged)
+    assert index.add([("a-kiosk", text)], namespace=NS_A, manifest=signed).kept == ("a-kiosk",)
+
+
+def test_finding_9_an_unbound_manifest_is_bound_to_its_first_namespace(index: gr.GuardedIndex) -> None:
+    from guarded_retriever.testing import state_digest
+
+    text = "Refunds are processed within five business days of the request."
+    signed = sign([text])  # the old call: no namespace
+    assert signed.manifest.namespace is None and signed.manifest.batch_id
+    index.add([("a-refund", text)], namespace=NS_A, manifest=signed)
+    before = state_digest(index)
+    # Replayed into another tenant, under a new id and new metadata: refused, nothing written.
+    with pytest.raises(gr.ManifestReplayError, match="already ingested into another namespace"):
+        index.add([gr.GuardDocument("b-refund", text, {"source": "forged"})], namespace=NS_B, manifest=signed)
+    assert state_digest(index) == before
+    # Even once its documents are gone (deleted, or purged by the tenant's own revocation).
+    index.revoke(manifest_id=signed.manifest_id, reason="x", namespace=NS_A)
+    with pytest.raises(gr.ManifestReplayError):
+        index.add([("b-refund", text)], namespace=NS_B, manifest=signed)
+    # Its own namespace may re-ingest a (not revoked) batch; two crawls of one text are two manifests.
+    again = sign([text])
+    assert again.manifest_id != signed.manifest_id
+    index.add([("b-refund", text)], namespace=NS_B, manifest=again)
+    index.add([("b-refund", text)], namespace=NS_B, manifest=again)
+    # A policy may refuse unbound manifests outright.
+    strict = gr.GuardedIndex(HashingEmbedder(), policy=policy(require_manifest_namespace=True))
+    with pytest.raises(gr.ManifestReplayError, match="names no namespace"):
+        add(strict, DOCS)
+
+
+def test_finding_9_validity_window_and_crawl_time_are_signed_and_checked(index: gr.GuardedIndex) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from guarded_retriever.testing import state_digest
+
+    text = "Support is open from nine to five on weekdays."
+    now = datetime.now(UTC)
+    expired = SIGNER.sign_texts([text], source_type="web", source_url=URL, namespace=NS_A,
+                                crawl_time=now - timedelta(days=41), not_before=now - timedelta(days=40),
+                                not_after=now - timedelta(days=10))
+    early = SIGNER.sign_texts([text], source_type="web", source_url=URL, namespace=NS_A,
+                              not_before=now + timedelta(days=1))
+    future_crawl = SIGNER.sign_texts([text], source_type="web", source_url=URL, namespace=NS_A,
+                                     crawl_time=now + timedelta(days=3))
+    before = state_digest(index)
+    for signed, match in ((expired, "expired"), (early, "not valid before"), (future_crawl, "in the future")):
+        with pytest.raises(gr.ManifestReplayError, match=match):
+            index.add([("a-hours", text)], namespace=NS_A, manifest=signed)
+    assert state_digest(index) == before
+    # A crawl time in 1999 or 2126 cannot be signed with any window at all.
+    for crawl in (datetime(1999, 1, 1, tzinfo=UTC), datetime(2126, 1, 1, tzinfo=UTC)):
+        with pytest.raises(gr.ManifestError, match="crawl_time"):
+            SIGNER.sign_texts([text], source_type="web", source_url=URL, crawl_time=crawl)
+    with pytest.raises(gr.ManifestError, match="at most 366 days"):
+        SIGNER.sign_texts([text], source_type="web", source_url=URL, valid_for=timedelta(days=3650))
+    # The window is signed: widening it breaks the signature.
+    wider = gr.SignedManifest(manifest=expired.manifest.model_copy(update={"not_after": now + timedelta(days=1)}),
+                              signature=expired.signature)
+    with pytest.raises(gr.SignatureError):
+        index.add([("a-hours", text)], namespace=NS_A, manifest=wider)
+    ok = SIGNER.sign_texts([text], source_type="web", source_url=URL, namespace=NS_A, valid_for=timedelta(hours=1))
+    assert index.add([("a-hours", text)], namespace=NS_A, manifest=ok).kept == ("a-hours",)
+
+
+def test_finding_9_old_manifests_verify_but_are_refused_unless_allowed(index: gr.GuardedIndex) -> None:
+    from datetime import UTC, datetime
+
+    text = "Passwords expire every ninety days."
+    legacy_body = gr.IngestManifest(
+        source_type="web", source_url=URL, crawl_time=datetime(2025, 3, 14, tzinfo=UTC), signer=SIGNER.public_key,
+        content_hashes=(gr.fingerprint64(gr.canonicalize(text)),),
+        content_digests=(gr.content_digest(gr.canonicalize(text)),), schema_rev=1, hsts=True)
+    legacy = SIGNER.sign(legacy_body)
+    wire = gr.SignedManifest.from_json(legacy.to_json())
+    wire.verify()  # signed the old way, it still verifies
+    assert b"not_after" not in legacy.manifest.canonical_json()
+    with pytest.raises(gr.ManifestError, match=r"(?i)re-sign the batch"):
+        index.add([("a-expiry", text)], namespace=NS_A, manifest=wire)
+    lenient = gr.GuardedIndex(HashingEmbedder(), policy=policy(allow_legacy_manifests=True))
+    lenient.add([("a-expiry", text)], namespace=NS_A, manifest=wire)
+    with pytest.raises(gr.ManifestReplayError):  # bound to the first namespace it went to
+        lenient.add([("b-expiry", text)], namespace=NS_B, manifest=wire)
+
+
+# -- F14: a loaded ledger kept the saved file's triggers and views ---------------------------------
+
+
+def test_finding_14_loaded_ledger_keeps_rows_not_triggers_or_views(index: gr.GuardedIndex, tmp_path: Any) -> None:
+    import sqlite3
+
+    path = index.save(tmp_path / "idx", signer=SIGNER)
+    with sqlite3.connect(path / "ledger.sqlite") as db:
+        db.executescript("""
+            CREATE TRIGGER void_revocations AFTER INSERT ON revocations BEGIN DELETE FROM revocations; END;
+            CREATE TRIGGER void_scoped AFTER INSERT ON scoped_revocations BEGIN DELETE FROM scoped_revocations; END;
+            CREATE VIEW everything AS SELECT * FROM documents;
+        """)
+    db.close()
+    _resign(path)
+    loaded = gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key])
+    assert len(loaded.ledger.documents()) == len(index.ledger.documents())
+    digest = gr.content_hash(gr.canonicalize(DOCS[0][1]))
+    loaded.revoke(content_hash=digest, reason="incident")
+    assert digest in loaded.ledger.revoked("content_hash")
+    objects = loaded.ledger._rows("SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')")
+    assert objects == []
+    # A view in a table's place (rows made up on every read) is refused outright.
+    path = index.save(tmp_path / "idx2", signer=SIGNER)
+    with sqlite3.connect(path / "ledger.sqlite") as db:
+        db.executescript("DROP TABLE frozen;"
+                         " CREATE VIEW frozen AS SELECT 'x' AS namespace, 'y' AS reason, 0.0 AS created_at;")
+    db.close()
+    _resign(path)
+    with pytest.raises(gr.IntegrityError, match="frozen"):
+        gr.GuardedIndex.load(path, trusted_signers=[SIGNER.public_key])
+
+
+# -- F15: untyped exceptions from public calls -------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda idx: idx.get(3.0, namespace=NS_A), gr.DocumentError),
+    (lambda idx: idx.get("a-reset", namespace=NS_A), gr.DocumentError),
+    (lambda idx: idx.delete(None, namespace=NS_A), gr.DocumentError),
+    (lambda idx: idx.delete([2**70], namespace=NS_A), gr.DocumentError),
+    (lambda idx: idx.delete("a-reset", namespace=NS_A), gr.DocumentError),
+    (lambda idx: idx.freeze(NS_A, reason=None), gr.ConfigError),
+    (lambda idx: idx.revoke(content_hash=gr.content_hash(gr.canonicalize(DOCS[0][1])), reason="\ud800"),
+     gr.ConfigError),
+    (lambda idx: idx.verify([{"query": "q"}]), gr.ConfigError),
+    (lambda idx: idx.verify(5), gr.ConfigError),
+    (lambda idx: gr.IngestManifest.for_texts([5], source_type="web", source_url=URL, signer=SIGNER.public_key),
+     gr.ManifestError),
+    (lambda idx: SIGNER.sign_texts("one string", source_type="web", source_url=URL), gr.ManifestError),
+    (lambda idx: idx.report_violations(NS_A, 5), gr.DocumentError),
+], ids=["get-float", "get-str", "delete-none", "delete-bigint", "delete-str", "freeze-none", "revoke-surrogate",
+        "verify-no-namespace", "verify-int", "for_texts-int", "sign_texts-str", "report_violations-int"])
+def test_finding_15_public_calls_raise_typed_errors(index: gr.GuardedIndex, call: Any, error: type) -> None:
+    from guarded_retriever.testing import state_digest
+
+    before = state_digest(index)
+    with pytest.raises(error):
+        call(index)
+    assert state_digest(index) == before
+    assert [r.id for r in index.get(["a-reset"], namespace=NS_A)] == ["a-reset"]  # "d", "o", ... were not deleted
+
+
+def test_finding_15_save_on_a_full_or_read_only_disk_is_a_save_error(index: gr.GuardedIndex, tmp_path: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import numpy as np
+
+    from guarded_retriever import _persist
+
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(gr.SaveError) as caught:
+        index.save(tmp_path / "file" / "idx", signer=SIGNER)
+    assert isinstance(caught.value, OSError)  # `except OSError` still catches it
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(gr.SaveError, match="nothing was written"):
+        index.save(tmp_path / "idx", signer=SIGNER)
+    assert list(tmp_path.iterdir()) == [tmp_path / "file"]  # no half-written index, no temp dir
+    monkeypatch.undo()
+    assert _persist.save_index(index, tmp_path / "idx", signer=SIGNER).exists()
+
+
+# -- F17: two processes on one SQLite ledger ----------------------------------------------------------
+
+
+def _revoke_in_another_process(ledger_path: Any, digest: str) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, guarded_retriever as gr\n"
+            "ledger = gr.Ledger(sys.argv[1])\n"
+            "ledger.revoke('content_hash', sys.argv[2], 'revoked by another process')\n"
+            "ledger.close()\n")
+    subprocess.run([sys.executable, "-c", code, str(ledger_path), digest], check=True, timeout=120)
+
+
+def test_finding_17_another_process_revocation_is_applied(tmp_path: Any) -> None:
+    ledger_path = tmp_path / "guard.db"
+    index = gr.GuardedIndex(HashingEmbedder(), policy=policy(), ledger=gr.Ledger(ledger_path))
+    add(index, DOCS)
+    assert "a-reset" in [h.id for h in index.search("reset password", namespace=NS_A).kept]  # caches warm
+    digest = gr.content_hash(gr.canonicalize(DOCS[0][1]))
+    _revoke_in_another_process(ledger_path, digest)
+    assert "a-reset" not in [h.id for h in index.search("reset password", namespace=NS_A).kept]
+    assert index.get(["a-reset"], namespace=NS_A) == []
+    with pytest.raises(gr.RevokedContentError):
+        index.add([("a-reset-2", DOCS[0][1])], namespace=NS_A, manifest=sign([DOCS[0][1]]))
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_finding_17_a_deleted_or_replaced_ledger_file_is_detected(tmp_path: Any, how: str) -> None:
+    import os
+    import sqlite3
+
+    ledger_path = tmp_path / "guard.db"
+    index = gr.GuardedIndex(HashingEmbedder(), policy=policy(), ledger=gr.Ledger(ledger_path))
+    add(index, DOCS)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{ledger_path}{suffix}"):
+            os.remove(f"{ledger_path}{suffix}")
+    if how == "replaced":
+        sqlite3.connect(ledger_path).close()  # an empty file at the same path: another inode
+    with pytest.raises(gr.LedgerError, match=how):
+        index.search("reset password", namespace=NS_A)
+    with pytest.raises(gr.LedgerError, match=how):
+        page = "A new page about printers."
+        index.add([("a-new", page)], namespace=NS_A, manifest=sign([page]))
+    with pytest.raises(gr.LedgerError, match=how):
+        index.revoke(content_hash=gr.content_hash(gr.canonicalize(DOCS[1][1])))
+    # Reopening the ledger at the path is what the error asks for; it works.
+    assert gr.Ledger(ledger_path).count() == 0

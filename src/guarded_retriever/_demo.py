@@ -65,7 +65,9 @@ def build_demo_index(embedder: Any) -> tuple[GuardedIndex, list[Any]]:
     reports = []
     for (tenant, url), docs in batches.items():
         texts = [d["text"] for d in docs]
-        common = {"source_type": docs[0]["source_type"], "source_url": url, "hsts": url.startswith("https")}
+        # Each manifest names the namespace it is for: a copy replayed into another is refused.
+        common = {"source_type": docs[0]["source_type"], "source_url": url, "hsts": url.startswith("https"),
+                  "namespace": namespace(tenant)}
         manifest: Any
         if docs[0]["signed"]:
             manifest = signer.sign_texts(texts, **common)

@@ -17,13 +17,15 @@ can catch the whole family at once. Errors about bad input also derive from :cla
     │   ├── SignatureError                   a bad, truncated or tampered ed25519 signature
     │   ├── UntrustedSignerError             a valid signature by a key that is not allowlisted
     │   ├── UntrustedSourceError             a scheme or domain the trust policy refuses
-    │   └── ContentHashMismatch              a document whose text the manifest does not list
+    │   ├── ContentHashMismatch              a document whose text the manifest does not list
+    │   └── ManifestReplayError              a manifest used outside its namespace or validity window
     ├── EmbeddingError(ValueError)           an embedder returned NaN/inf or the wrong dimension
     ├── ContractError(ValueError)            a contract payload that fails its JSON Schema
     ├── IntegrityError(ValueError)           persisted state that fails its checksums or signature
     │   ├── IndexFormatError                 a saved index of a format this version does not read
     │   └── RollbackError                    a saved index older than the generation required
     ├── LedgerError                          the ledger could not record a batch (nothing was kept)
+    ├── SaveError(OSError)                   a save the storage refused (disk full, read-only, ...)
     └── MissingExtraError(ImportError)       an optional extra is not installed
 
 A rejected batch never leaves a trace: the pipeline validates everything before it writes, and the
@@ -43,6 +45,7 @@ __all__ = [
     "IntegrityError",
     "LedgerError",
     "ManifestError",
+    "ManifestReplayError",
     "ManifestRequiredError",
     "MissingExtraError",
     "NamespaceError",
@@ -51,6 +54,7 @@ __all__ = [
     "QueryError",
     "RevokedContentError",
     "RollbackError",
+    "SaveError",
     "SignatureError",
     "UntrustedSignerError",
     "UntrustedSourceError",
@@ -134,6 +138,12 @@ class ContentHashMismatch(ManifestError):
         self.doc_id = doc_id
 
 
+class ManifestReplayError(ManifestError):
+    """A validly signed manifest used where it was not signed for: another namespace than the one
+    it names (or was first ingested into), or outside its ``not_before`` / ``not_after`` window, or
+    with a crawl time in the future. Sign one manifest per namespace and batch, when it is sent."""
+
+
 class EmbeddingError(GuardedRetrieverError, ValueError):
     """An embedder returned vectors of the wrong shape, or with NaN or infinite values."""
 
@@ -166,6 +176,11 @@ class RollbackError(IntegrityError):
 
 class LedgerError(GuardedRetrieverError):
     """The ledger could not record a batch; the transaction was rolled back."""
+
+
+class SaveError(GuardedRetrieverError, OSError):
+    """The storage refused a save (disk full, read-only, permissions); nothing was left at the
+    destination. Also an :class:`OSError`, as the failure was before it existed."""
 
 
 class MissingExtraError(GuardedRetrieverError, ImportError):

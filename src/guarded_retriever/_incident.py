@@ -19,6 +19,7 @@ from ._canonical import tokenize
 from ._dense import check_vectors
 from ._exceptions import ConfigError
 from ._fingerprint import fingerprint64, is_legacy_hash
+from ._ledger import check_reason
 from ._policy import source_domain
 from ._store import Shard
 
@@ -64,6 +65,7 @@ def revoke(
     """Revoke one content hash or one manifest everywhere (or, with ``namespace``, in that
     namespace's shards only): BM25, dense, quarantine, caches, ledger."""
     t0 = time.perf_counter()
+    check_reason(reason)
     if (content_hash is None) == (manifest_id is None):
         raise ConfigError("revoke exactly one of content_hash= or manifest_id=")
     if content_hash is not None:
@@ -230,7 +232,7 @@ def verify(
     A gold query is ``{"query", "namespace", "expect": [ids] (optional), "query_vector" (optional)}``.
     """
     report = VerifyReport(passed=True)
-    for item in gold:
+    for item in _gold_items(gold):
         result = index.search(item["query"], namespace=item["namespace"], k=k,
                               query_vector=item.get("query_vector"))
         kept = [h.id for h in result.kept]
@@ -243,3 +245,25 @@ def verify(
                                "coverage": coverage, "delta_s": ds, "lambda_state": result.lambda_state,
                                "passed": ok})
     return report
+
+
+def _gold_items(gold: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The gold queries, each checked for the keys :func:`verify` reads, before any is run.
+
+    Raises:
+        ConfigError: ``gold`` is not a list of mappings with ``query`` and ``namespace`` (and an
+            ``expect`` that is a list of ids, when given).
+    """
+    if isinstance(gold, str | bytes | Mapping) or not isinstance(gold, Iterable):
+        raise ConfigError(f"gold must be a list of {{'query', 'namespace', 'expect'}} mappings, "
+                          f"got {type(gold).__name__}")
+    items = list(gold)
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping) or "query" not in item or "namespace" not in item:
+            raise ConfigError(f"gold query {i} must be a mapping with 'query' and 'namespace' "
+                              "(and optionally 'expect' and 'query_vector')")
+        expect = item.get("expect")
+        if expect is not None and (isinstance(expect, str) or not isinstance(expect, list | tuple)
+                                   or not all(isinstance(e, str) for e in expect)):
+            raise ConfigError(f"gold query {i}: 'expect' must be a list of document ids")
+    return items

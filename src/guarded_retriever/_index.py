@@ -204,6 +204,20 @@ def _check_query(query: Any, limit: int) -> None:
         raise QueryError("query contains a lone surrogate") from None
 
 
+def _doc_ids(ids: Any) -> list[str]:
+    """The ids of a ``get`` or ``delete``: a list of ``str``. A single string is refused rather
+    than read as its characters (``delete("doc-1")`` would delete ``"d"``, ``"o"``, ...)."""
+    if isinstance(ids, str | bytes):
+        raise DocumentError(f"ids must be a list of ids, not one string: pass [{ids!r}]")
+    if isinstance(ids, Mapping) or not isinstance(ids, Iterable):
+        raise DocumentError(f"ids must be a list of str, got {type(ids).__name__}")
+    out = list(ids)
+    for doc_id in out:
+        if not isinstance(doc_id, str):
+            raise DocumentError(f"ids must be str, got {type(doc_id).__name__} {doc_id!r:.40}")
+    return out
+
+
 class GuardedIndex:
     """A guarded hybrid (BM25 + FAISS) index with per-namespace shards and a quarantine.
 
@@ -434,11 +448,11 @@ class GuardedIndex:
     def delete(self, ids: Iterable[str], *, namespace: Namespace | Mapping[str, Any] | str) -> int:
         """Remove documents from both partitions of a namespace; returns how many were removed."""
         key = self.pipeline.schema.parse(namespace).key
+        wanted = list(dict.fromkeys(_doc_ids(ids)))
         removed: list[str] = []
         with self._write_lock, self.ledger.transaction() as tx:
             if self.ledger.is_frozen(key):  # checked inside the transaction: no freeze slips between
                 raise NamespaceFrozenError(f"namespace {key!r} is frozen")
-            wanted = list(dict.fromkeys(ids))
             self.ledger.delete_documents([(key, i) for i in wanted], conn=tx)
             for doc_id in wanted:
                 for partition in (self.main, self.quarantine):
@@ -697,7 +711,7 @@ class GuardedIndex:
         """Count and log foreign documents an adapter blocked before they reached the core (a base
         store that returned another namespace's ids); raises in strict mode like the core does."""
         key = self.pipeline.schema.parse(namespace).key
-        blocked = list(ids)
+        blocked = _doc_ids(ids)
         if blocked:
             self.stats["namespace_violations"] += len(blocked)
             self.emit(logging.WARNING, "namespace.violation", namespace=key, ids=blocked, source=source)
@@ -935,6 +949,7 @@ class GuardedIndex:
             include_quarantined: bool = False) -> list[Row]:
         """The stored documents of ``namespace`` with these ids, in the order asked (missing ones skipped)."""
         key = self.pipeline.schema.parse(namespace).key
+        ids = _doc_ids(ids)
         revoked = self._withheld_hashes(key)
         shards = [self.main.shards.get(key)]
         if include_quarantined:

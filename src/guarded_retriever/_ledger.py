@@ -11,9 +11,21 @@ Tables:
                    hashes a manifest revocation withholds where they were ingested under it
 ``frozen``         namespaces whose writes are blocked
 ``audit_events``   an append-only log: batches, rejections, revocations, freezes
+``manifest_namespaces``
+                   the one namespace each manifest was ingested into: a copy replayed into any
+                   other is refused (:class:`ManifestReplayError`), as is one signed for another
 
 A batch is written in one ``BEGIN IMMEDIATE`` transaction, so it lands whole or not at all, even
 if the process is killed half-way (SQLite's journal rolls the torn transaction back on reopen).
+
+Several processes may open one SQLite file. Each revocation (and restore) bumps a counter in
+``ledger_state``, which ``revoked_hashes()`` reads on every call, so one process's revocation is
+withheld by the others' next search; and a ledger file deleted or replaced under a running
+process (another inode at its path) fails every later call with :class:`LedgerError` instead of
+writing to, and reading revocations from, a file nobody else sees.
+
+Loading a saved index copies the saved ledger's rows into this ledger's own schema: triggers,
+views or altered tables in the saved file never come along.
 
 ``Ledger("postgresql://...")`` keeps the same tables in PostgreSQL instead (``_ledger_postgres``,
 the ``postgres`` extra), so several processes can ingest into one ledger. Everything above holds
@@ -23,6 +35,7 @@ lock and the backup that differ.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -34,9 +47,36 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from ._exceptions import LedgerError, NamespaceFrozenError, RevokedContentError
+from ._exceptions import (
+    ConfigError,
+    IntegrityError,
+    LedgerError,
+    ManifestReplayError,
+    NamespaceFrozenError,
+    RevokedContentError,
+)
+from ._namespace import audience
 
-__all__ = ["Decision", "Ledger", "LedgerConnection", "LedgerRecord"]
+__all__ = ["Decision", "Ledger", "LedgerConnection", "LedgerRecord", "check_reason"]
+
+MAX_REASON_CHARS = 4096
+
+
+def check_reason(reason: object) -> str:
+    """A revocation's or a freeze's reason, as the ledger stores it.
+
+    Raises:
+        ConfigError: not a ``str``, longer than :data:`MAX_REASON_CHARS`, or a lone surrogate.
+    """
+    if not isinstance(reason, str):
+        raise ConfigError(f"reason must be a str, got {type(reason).__name__}")
+    if len(reason) > MAX_REASON_CHARS:
+        raise ConfigError(f"reason is longer than {MAX_REASON_CHARS} characters")
+    try:
+        reason.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError("reason contains a lone surrogate") from None
+    return reason
 
 Decision = Literal["main", "quarantine"]
 RevocationKind = Literal["content_hash", "manifest"]
@@ -95,7 +135,22 @@ CREATE TABLE IF NOT EXISTS audit_events (
     namespace  TEXT,
     detail     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS manifest_namespaces (
+    manifest_id TEXT PRIMARY KEY,
+    namespace   TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
 """
+# SQLite's revocation counter (PostgreSQL's dialect keeps its own, in its own syntax).
+_SQLITE_STATE = """
+CREATE TABLE IF NOT EXISTS ledger_state (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO ledger_state VALUES (1, 0);
+"""
+SQLITE_SCHEMA = _SCHEMA + _SQLITE_STATE
+"""A ledger file's whole schema (also what a PostgreSQL ledger's backup is written in)."""
 
 _SIGN_BIT = 1 << 63
 
@@ -120,7 +175,36 @@ COPIED_TABLES: tuple[tuple[str, str, str], ...] = (
     ("scoped_revocations", "namespace, kind, value, reason, cause, created_at", "namespace, kind, value"),
     ("frozen", "namespace, reason, created_at", "namespace"),
     ("audit_events", "seq, created_at, kind, namespace, detail", "seq"),
+    ("manifest_namespaces", "manifest_id, namespace, created_at", "manifest_id"),
 )
+# Tables a saved ledger written by an older version may lack (restored empty).
+_ADDED_LATER = frozenset({"manifest_namespaces"})
+
+
+def insert_sql(table: str, columns: str) -> str:
+    return f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(columns.split(',')))})"
+
+
+def copied_tables(source: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """The :data:`COPIED_TABLES` a saved ledger holds, each checked to be a plain table.
+
+    Only rows are copied out of a saved ledger, into the loading ledger's own schema: a view in
+    place of a table (rows made up on every read) is refused, and triggers are never copied.
+
+    Raises:
+        IntegrityError: a table is missing, or is a view.
+    """
+    kinds = dict(source.execute("SELECT name, type FROM sqlite_master").fetchall())
+    out = []
+    for entry in COPIED_TABLES:
+        kind = kinds.get(entry[0])
+        if kind is None and entry[0] in _ADDED_LATER:
+            continue
+        if kind != "table":
+            raise IntegrityError(f"the saved ledger's {entry[0]!r} is {'missing' if kind is None else 'a ' + kind}"
+                                 ", not a table")
+        out.append(entry)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +233,18 @@ class ManifestRecord:
     signed: bool
     payload: bytes
 
+    @property
+    def audience(self) -> str | None:
+        """The namespace the (verified) manifest was signed for, from its stored JSON; ``None``
+        when it names none."""
+        try:
+            stored = orjson.loads(self.payload)
+        except orjson.JSONDecodeError:
+            return None
+        body = stored.get("manifest", stored) if isinstance(stored, dict) and "signature" in stored else stored
+        named = body.get("namespace") if isinstance(body, dict) else None
+        return named if isinstance(named, str) else None
+
 
 class LedgerCursor(Protocol):
     def fetchone(self) -> Any: ...
@@ -174,6 +270,7 @@ class _Dialect(Protocol):
     replace_revocation: str
     replace_scoped_revocation: str
     replace_frozen: str
+    bind_manifest: str
 
     def sql(self, query: str) -> str: ...
     def reconnect(self) -> None: ...
@@ -182,7 +279,7 @@ class _Dialect(Protocol):
     def version(self) -> int | None: ...
     def changed(self) -> None: ...
     def backup_to(self, target: sqlite3.Connection) -> None: ...
-    def restore_from(self, source: sqlite3.Connection) -> None: ...
+    def restore_from(self, source: sqlite3.Connection, tables: Sequence[tuple[str, str, str]]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -195,23 +292,42 @@ class _SQLite:
     replace_revocation = "INSERT OR REPLACE INTO revocations VALUES (?, ?, ?, ?)"
     replace_scoped_revocation = "INSERT OR REPLACE INTO scoped_revocations VALUES (?, ?, ?, ?, ?, ?)"
     replace_frozen = "INSERT OR REPLACE INTO frozen VALUES (?, ?, ?)"
+    bind_manifest = "INSERT OR IGNORE INTO manifest_namespaces VALUES (?, ?, ?)"
 
     def __init__(self, path: str) -> None:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE) so a batch is one unit.
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        if path != ":memory:":
+        self._file: tuple[str, int, int] | None = None
+        if path not in (":memory:", ""):
             self.conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL is durable across process crashes in WAL mode; FULL only adds power-loss
             # durability of the very last commit, at a sync per batch.
             self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
+            # The file this connection holds open; its path must keep naming it (see reconnect).
+            absolute = os.path.abspath(path)
+            st = os.stat(absolute)
+            self._file = (absolute, st.st_dev, st.st_ino)
+        self.conn.executescript(SQLITE_SCHEMA)
 
     @staticmethod
     def sql(query: str) -> str:
         return query
 
     def reconnect(self) -> None:
-        """Replace a lost connection (outside transactions); a file connection is never lost."""
+        """A file connection is never lost, but its file can be: deleted or replaced by another
+        process, the connection goes on with an inode nobody else opens, so revocations and
+        batches would no longer be shared. Refuse to go on (one ``stat`` per call)."""
+        if self._file is None:
+            return
+        path, dev, ino = self._file
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise LedgerError(f"the ledger file {path!r} was deleted while open: reopen the ledger "
+                              "(or restore the file) before writing or searching again") from None
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            raise LedgerError(f"the ledger file {path!r} was replaced while open (another file is at its "
+                              "path now): reopen the ledger before writing or searching again")
 
     def begin(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")  # the database's one write lock, held to COMMIT
@@ -220,17 +336,33 @@ class _SQLite:
         self.conn.executemany(query, rows)
 
     def version(self) -> int | None:
-        """A counter other processes bump when they revoke; ``None``: only this object writes."""
-        return None
+        """A counter every process bumps when it revokes; ``None``: in memory, only this object writes."""
+        if self._file is None:
+            return None
+        row = self.conn.execute("SELECT version FROM ledger_state WHERE id = 1").fetchone()
+        return None if row is None else int(row[0])
 
     def changed(self) -> None:
         """Bump :meth:`version` (inside a transaction that changed revocations)."""
+        self.conn.execute("UPDATE ledger_state SET version = version + 1 WHERE id = 1")
 
     def backup_to(self, target: sqlite3.Connection) -> None:
         self.conn.backup(target)
 
-    def restore_from(self, source: sqlite3.Connection) -> None:
-        source.backup(self.conn)
+    def restore_from(self, source: sqlite3.Connection, tables: Sequence[tuple[str, str, str]]) -> None:
+        """Replace this ledger's rows with ``source``'s, in this ledger's own schema (one transaction)."""
+        self.begin()
+        try:
+            for table, _, _ in COPIED_TABLES:
+                self.conn.execute(f"DELETE FROM {table}")
+            for table, columns, order in tables:
+                rows = source.execute(f"SELECT {columns} FROM {table} ORDER BY {order}")
+                self.conn.executemany(insert_sql(table, columns), rows)
+            self.changed()
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self.conn.close()
@@ -291,9 +423,15 @@ class Ledger:
             self._d.backup_to(target)
 
     def restore_from(self, source: sqlite3.Connection) -> None:
-        """Replace this ledger's contents with ``source``'s (used when loading a saved index)."""
+        """Replace this ledger's contents with ``source``'s rows (used when loading a saved index).
+
+        Raises:
+            IntegrityError: ``source`` lacks a table, or holds a view in a table's place.
+        """
         with self._lock:
-            self._d.restore_from(source)
+            tables = copied_tables(source)
+            self._d.reconnect()
+            self._d.restore_from(source, tables)
             self._revoked_hashes = None
 
     def close(self) -> None:
@@ -362,6 +500,7 @@ class Ledger:
         try:
             self._refuse_frozen_or_revoked(namespace, records, manifest)
             if manifest is not None:
+                self._refuse_replay(conn, namespace, manifest, now)
                 self._execute(conn, self._d.insert_manifest,
                               (manifest.manifest_id, manifest.signer, manifest.source_type,
                                manifest.source_url, int(manifest.signed), manifest.payload, now))
@@ -397,6 +536,24 @@ class Ledger:
         for r in records:
             if r.content_hash in revoked:
                 raise RevokedContentError(f"content hash {r.content_hash} has been revoked", doc_id=r.doc_id)
+
+    def _refuse_replay(self, conn: LedgerConnection, namespace: str, manifest: ManifestRecord, now: float) -> None:
+        """A manifest vouches for one namespace: the one it names, else the first it was ingested
+        into. Checked under the write lock, so two processes cannot both bind one manifest."""
+        named = manifest.audience
+        if named is not None and named != audience(namespace):
+            raise ManifestReplayError(f"manifest {manifest.manifest_id} is signed for another namespace than "
+                                      f"{namespace!r}: sign a manifest for this namespace")
+        # Ledgers written before manifest_namespaces existed know the binding from documents.
+        bound = self._execute(
+            conn, "SELECT namespace FROM manifest_namespaces WHERE manifest_id = ?"
+            " UNION SELECT namespace FROM documents WHERE manifest_id = ?",
+            (manifest.manifest_id, manifest.manifest_id)).fetchall()
+        if any(ns != namespace for (ns,) in bound):
+            # Which namespace is not said: the caller may not be allowed to know it exists.
+            raise ManifestReplayError(f"manifest {manifest.manifest_id} was already ingested into another "
+                                      "namespace; a manifest vouches for one namespace: sign one per namespace")
+        self._execute(conn, self._d.bind_manifest, (manifest.manifest_id, namespace, now))
 
     # -- audit ----------------------------------------------------------------------------------
 
@@ -497,6 +654,7 @@ class Ledger:
             ``(namespace, content_hash)`` of everything this revocation withholds from now on;
             ``("*", hash)`` for an index-wide content-hash revocation.
         """
+        check_reason(reason)
         if conn is None:
             with self.transaction() as tx:
                 return self.revoke(kind, value, reason, purge=purge, conn=tx, namespace=namespace)
@@ -585,6 +743,7 @@ class Ledger:
         return {r[0] for r in self._rows("SELECT value FROM revocations WHERE kind = ?", (kind,))}
 
     def freeze(self, namespace: str, reason: str) -> None:
+        check_reason(reason)
         with self.transaction() as tx:
             self._execute(tx, self._d.replace_frozen, (namespace, reason, time.time()))
             self._audit(tx, "namespace_frozen", namespace, {"reason": reason})

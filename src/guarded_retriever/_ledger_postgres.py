@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._exceptions import LedgerError, MissingExtraError
-from ._ledger import _DOC_COLUMNS, _SCHEMA, COPIED_TABLES
+from ._ledger import _DOC_COLUMNS, _SCHEMA, COPIED_TABLES, SQLITE_SCHEMA
 
 if TYPE_CHECKING:
     import psycopg
@@ -121,6 +121,7 @@ class PostgresDialect:
     replace_scoped_revocation = _upsert("scoped_revocations", "namespace, kind, value, reason, cause, created_at",
                                         "namespace, kind, value", ["reason", "cause", "created_at"])
     replace_frozen = _upsert("frozen", "namespace, reason, created_at", "namespace", ["reason", "created_at"])
+    bind_manifest = "INSERT INTO manifest_namespaces VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 
     def __init__(self, url: str) -> None:
         self._pg = _psycopg()
@@ -196,7 +197,7 @@ class PostgresDialect:
 
     def backup_to(self, target: sqlite3.Connection) -> None:
         """Copy every row into ``target`` (an empty SQLite database) from one consistent snapshot."""
-        target.executescript(_SCHEMA)
+        target.executescript(SQLITE_SCHEMA)
         try:
             self.reconnect()
             self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -214,8 +215,9 @@ class PostgresDialect:
             raise LedgerError(f"cannot copy the ledger: {exc}") from exc
         target.commit()
 
-    def restore_from(self, source: sqlite3.Connection) -> None:
-        """Fill an empty ledger with ``source``'s rows (an SQLite ledger), in one transaction.
+    def restore_from(self, source: sqlite3.Connection, tables: Sequence[tuple[str, str, str]]) -> None:
+        """Fill an empty ledger with the rows of ``source``'s ``tables`` (an SQLite ledger), in one
+        transaction.
 
         Raises:
             LedgerError: the ledger already holds rows. A PostgreSQL ledger is shared: replacing
@@ -231,7 +233,7 @@ class PostgresDialect:
                 if held:
                     raise LedgerError(f"cannot load into {redact(self._url)!r}: it already holds rows "
                                       f"({', '.join(held)}); load into an empty schema")
-                for table, columns, order in COPIED_TABLES:
+                for table, columns, order in tables:
                     rows = source.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()
                     self.executemany(_insert(table, columns), rows)
                 self._conn.execute("SELECT setval(pg_get_serial_sequence('audit_events', 'seq'),"

@@ -6,15 +6,26 @@ verified once per batch, not once per document (≈70 µs each). Only the digest
 xxh64 is not collision resistant, and is listed for format compatibility only.
 
 The signed bytes are a domain-separation tag followed by canonical JSON: UTF-8, sorted keys, no
-insignificant whitespace, ``crawl_time`` as ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` in UTC. The tag keeps
-a manifest signature from ever being replayed as a signature on anything else the package signs.
+insignificant whitespace, times as ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` in UTC. The tag keeps a
+manifest signature from ever being replayed as a signature on anything else the package signs.
+
+A manifest (``schema_rev`` 2) also signs where and when it may be used, so a copy cannot be
+replayed elsewhere: the ``namespace`` it is meant for (its key with the keys sorted; ``None``
+binds it to the first namespace it is ingested into), a ``batch_id`` (random unless given, so two
+crawls of the same texts are two manifests) and a validity window ``not_before`` … ``not_after``
+(30 days from signing by default, at most 366), and the crawl time may lie at most 366 days before
+the window opens. The trust policy refuses a manifest outside its window or crawled in the future;
+the ledger refuses one already ingested into another namespace (:class:`ManifestReplayError`).
+Manifests of ``schema_rev`` 1 (signed before, with none of these) still parse and verify, but the
+policy refuses them unless told ``allow_legacy_manifests=True``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Self
 
 import nacl.exceptions
@@ -31,16 +42,27 @@ from pydantic import (
 )
 
 from ._canonical import canonicalize
-from ._exceptions import ManifestError, SignatureError
+from ._exceptions import ManifestError, ManifestReplayError, SignatureError
 from ._fingerprint import content_digest, fingerprint64
+from ._namespace import Namespace, audience
 
 __all__ = ["IngestManifest", "ManifestSigner", "SignedManifest"]
 
 _SIGNING_CONTEXT = b"guarded-retriever/ingest-manifest/v1\n"
-SCHEMA_REV = 1
+SCHEMA_REV = 2
+LEGACY_SCHEMA_REV = 1
+"""Signed before manifests named a namespace, a batch and a validity window (still verifiable)."""
+DEFAULT_VALIDITY = timedelta(days=30)
+MAX_VALIDITY = timedelta(days=366)
+"""The longest validity window a manifest may sign, and how long before it the crawl may be."""
 
 _Hash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 _Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+_BatchId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")]
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
 
 
 class _ManifestModel(BaseModel):
@@ -72,24 +94,73 @@ class IngestManifest(_ManifestModel):
     """BLAKE2b-128 of each document's canonical text (its content hash in the index), in the same
     order as ``content_hashes``."""
     schema_rev: int = SCHEMA_REV
-    """The manifest format revision."""
+    """The manifest format revision (1: signed without namespace, batch id and window)."""
     hsts: bool = False
     """Whether the crawler saw an HSTS policy on the source (declared, not verified here)."""
+    namespace: str | None = None
+    """The namespace the batch is for, as its key with the keys sorted (see ``audience``);
+    ``None``: the first namespace it is ingested into."""
+    batch_id: _BatchId | None = None
+    """The crawl batch this manifest covers (required from ``schema_rev`` 2)."""
+    not_before: datetime | None = None
+    """The manifest is refused before this time (required from ``schema_rev`` 2)."""
+    not_after: datetime | None = None
+    """The manifest is refused after this time (required from ``schema_rev`` 2)."""
 
-    @field_validator("crawl_time")
+    @field_validator("crawl_time", "not_before", "not_after")
     @classmethod
-    def _utc(cls, value: datetime) -> datetime:
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
         if value.tzinfo is None:
-            raise ValueError("crawl_time must be timezone-aware")
+            raise ValueError("crawl_time, not_before and not_after must be timezone-aware")
         return value.astimezone(UTC)
+
+    @field_validator("namespace", mode="before")
+    @classmethod
+    def _audience(cls, value: Any) -> Any:
+        return None if value is None else audience(value)
 
     @model_validator(mode="after")
     def _paired(self) -> Self:
         if len(self.content_hashes) != len(self.content_digests):
             raise ValueError("content_hashes and content_digests must have the same length")
+        bound = (self.namespace, self.batch_id, self.not_before, self.not_after)
+        if self.schema_rev == LEGACY_SCHEMA_REV:
+            if any(v is not None for v in bound):
+                raise ValueError("a schema_rev 1 manifest has no namespace, batch_id or validity window")
+            return self
         if self.schema_rev != SCHEMA_REV:
             raise ValueError(f"unsupported schema_rev {self.schema_rev}; this version reads {SCHEMA_REV}")
+        if self.batch_id is None or self.not_before is None or self.not_after is None:
+            raise ValueError("batch_id, not_before and not_after are required (sign it with "
+                             "ManifestSigner.sign_texts, which fills them in)")
+        if not self.not_before < self.not_after <= self.not_before + MAX_VALIDITY:
+            raise ValueError(f"the validity window must be non-empty and at most {MAX_VALIDITY.days} days")
+        # A crawl time outside these bounds is a declaration no window can make sane: one after
+        # the window closed, or one so old that the window would vouch for stale pages.
+        if not self.not_before - MAX_VALIDITY <= self.crawl_time <= self.not_after:
+            raise ValueError(f"crawl_time must lie before not_after and at most {MAX_VALIDITY.days} days "
+                             "before not_before: re-crawl, or sign with an earlier not_before")
         return self
+
+    def check_window(self, now: datetime, skew: timedelta) -> None:
+        """Refuse the manifest outside its validity window, or with a crawl time in the future
+        (both allowing ``skew`` of clock difference between the signer and this host).
+
+        Raises:
+            ManifestReplayError: ``now`` is outside the window or before the crawl time.
+        """
+        if self.not_before is None or self.not_after is None:
+            return  # schema_rev 1: the policy decides whether to accept it at all
+        if now + skew < self.not_before:
+            raise ManifestReplayError(f"manifest {self.manifest_id} is not valid before {_iso(self.not_before)}")
+        if now - skew > self.not_after:
+            raise ManifestReplayError(f"manifest {self.manifest_id} expired at {_iso(self.not_after)}: "
+                                      "re-sign the batch (a replayed old manifest is refused)")
+        if self.crawl_time > now + skew:
+            raise ManifestReplayError(f"manifest {self.manifest_id} has a crawl time in the future "
+                                      f"({_iso(self.crawl_time)})")
 
     @classmethod
     def for_texts(
@@ -101,36 +172,69 @@ class IngestManifest(_ManifestModel):
         signer: str,
         crawl_time: datetime | None = None,
         hsts: bool = False,
+        namespace: Namespace | Mapping[str, str] | str | None = None,
+        batch_id: str | None = None,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        valid_for: timedelta = DEFAULT_VALIDITY,
     ) -> IngestManifest:
-        """Build the manifest for raw texts: canonicalises each and lists its hash and digest."""
+        """Build the manifest for raw texts: canonicalises each and lists its hash and digest.
+
+        Args:
+            namespace: the namespace the batch is for; ``None`` binds the manifest to the first
+                namespace it is ingested into.
+            batch_id: the crawl batch's id (a random one by default).
+            not_before, not_after: the validity window; by default from now for ``valid_for``.
+        """
+        if isinstance(texts, str | bytes | Mapping) or not isinstance(texts, Iterable):
+            raise ManifestError(f"texts must be an iterable of str, got {type(texts).__name__}")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ManifestError(f"text {i} must be str, got {type(t).__name__}")
         canon = [canonicalize(t) for t in texts]
         for i, c in enumerate(canon):
             try:
                 c.encode("utf-8")
             except UnicodeEncodeError:
                 raise ManifestError(f"text {i} contains a lone surrogate and cannot be hashed") from None
+        if not isinstance(valid_for, timedelta):
+            raise ManifestError(f"valid_for must be a timedelta, got {type(valid_for).__name__}")
+        now = datetime.now(UTC)
+        start = not_before if not_before is not None else now
+        try:
+            end = not_after if not_after is not None else start + valid_for
+        except TypeError:
+            raise ManifestError("not_before must be a timezone-aware datetime") from None
         return cls(
             source_type=source_type,
             source_url=source_url,
-            crawl_time=crawl_time or datetime.now(UTC),
+            crawl_time=crawl_time or now,
             signer=signer,
             content_hashes=tuple(fingerprint64(c) for c in canon),
             content_digests=tuple(content_digest(c) for c in canon),
             hsts=hsts,
+            namespace=namespace,
+            batch_id=batch_id if batch_id is not None else uuid.uuid4().hex,
+            not_before=start,
+            not_after=end,
         )
 
     def canonical_json(self) -> bytes:
         """The exact bytes that are signed (after the domain-separation tag)."""
-        payload = {
+        payload: dict[str, Any] = {
             "content_digests": list(self.content_digests),
             "content_hashes": list(self.content_hashes),
-            "crawl_time": self.crawl_time.isoformat().replace("+00:00", "Z"),
+            "crawl_time": _iso(self.crawl_time),
             "hsts": self.hsts,
             "schema_rev": self.schema_rev,
             "signer": self.signer,
             "source_type": self.source_type,
             "source_url": self.source_url,
         }
+        if self.not_before is not None and self.not_after is not None:  # schema_rev 1 signed none
+            payload.update(namespace=self.namespace, batch_id=self.batch_id,
+                           not_before=_iso(self.not_before), not_after=_iso(self.not_after))
         return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
 
     @property
@@ -212,7 +316,8 @@ class ManifestSigner:
     Example:
         >>> signer = ManifestSigner.generate()
         >>> signed = signer.sign_texts(["some text"], source_type="web",
-        ...                            source_url="https://docs.example.com/a")
+        ...                            source_url="https://docs.example.com/a",
+        ...                            namespace={"tenant_id": "acme", "product_id": "kb", "env": "prod"})
         >>> signed.verify()
     """
 
@@ -253,8 +358,14 @@ class ManifestSigner:
         source_url: str,
         crawl_time: datetime | None = None,
         hsts: bool = False,
+        namespace: Namespace | Mapping[str, str] | str | None = None,
+        batch_id: str | None = None,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        valid_for: timedelta = DEFAULT_VALIDITY,
     ) -> SignedManifest:
-        """Build and sign the manifest for a batch of raw texts."""
+        """Build and sign the manifest for a batch of raw texts (see :meth:`IngestManifest.for_texts`;
+        pass ``namespace`` so that the manifest is refused anywhere else)."""
         manifest = IngestManifest.for_texts(
             texts,
             source_type=source_type,
@@ -262,5 +373,10 @@ class ManifestSigner:
             signer=self.public_key,
             crawl_time=crawl_time,
             hsts=hsts,
+            namespace=namespace,
+            batch_id=batch_id,
+            not_before=not_before,
+            not_after=not_after,
+            valid_for=valid_for,
         )
         return self.sign(manifest)

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._exceptions import NamespaceError
 
-__all__ = ["DEFAULT_NAMESPACE_KEYS", "Namespace", "NamespaceSchema"]
+__all__ = ["DEFAULT_NAMESPACE_KEYS", "Namespace", "NamespaceSchema", "audience"]
 
 DEFAULT_NAMESPACE_KEYS: tuple[str, ...] = ("tenant_id", "product_id", "env")
 
@@ -134,3 +134,26 @@ def _parse_hashable(schema: NamespaceSchema, value: Namespace | str) -> Namespac
 
 
 DEFAULT_SCHEMA = NamespaceSchema()
+
+
+def audience(value: Namespace | Mapping[str, Any] | str) -> str:
+    """A namespace as a signed manifest names it: its key with the keys sorted.
+
+    A crawler signs without knowing the order of the index's ``namespace_keys``, so the name it
+    signs must not depend on that order; values are validated as every namespace's are.
+
+    Raises:
+        NamespaceError: ``value`` is not a namespace (a :class:`Namespace`, mapping or key).
+    """
+    if isinstance(value, Namespace):
+        items = dict(value.items)
+    elif isinstance(value, str):
+        items = DEFAULT_SCHEMA._split_key(value)
+    elif isinstance(value, Mapping):
+        items = dict(value)
+    else:
+        raise NamespaceError(f"a namespace is a Namespace, a mapping or a key; got {type(value).__name__}")
+    if not items or not all(isinstance(k, str) for k in items):
+        raise NamespaceError(f"malformed namespace {value!r}")
+    keys = tuple(sorted(items))
+    return NamespaceSchema(keys).parse({k: items[k] for k in keys}).key

@@ -21,8 +21,8 @@ Layout of a saved index (a directory)::
                         vectors are not stored (read, hashed) twice
     s<j>/faiss.index    the whole trained HNSW index (``faiss.write_index``), or an IVF one whose
                         lists do not hold exactly the saved vectors; still read from older saves
-    MANIFEST.json       the sha256 of every other file, the signer's public key and the index's
-                        generation
+    MANIFEST.json       the sha256 and the size of every other file, the signer's public key and
+                        the index's generation
     MANIFEST.sig        ed25519 over a context tag + MANIFEST.json
 
 Every save writes a generation one above the saved index's own (a new index starts at 0), inside
@@ -39,6 +39,13 @@ every file once and checks its checksum, and refuses missing or unlisted files, 
 anything; what it parses are the very bytes it checked. An unsigned index loads only with
 ``allow_unsigned=True``, and a signed one whose signature was removed never does. Nothing is
 ever unpickled.
+
+Memory is spent only on what the signer wrote: ``MANIFEST.json`` is read only up to
+``MAX_MANIFEST_BYTES`` (and the signature file up to a few hundred bytes), and every file's size
+is checked against its signed size with ``stat`` before a byte of it is read, so a file grown or
+swapped for a huge (or sparse) one is refused with :class:`IntegrityError` and costs nothing. Saves
+written before sizes were signed carry none: each of their files is first hashed in a stream (no
+more memory than a chunk), and read only once it matched. ``verify_saved`` only ever streams.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from ._exceptions import (
     IndexFormatError,
     IntegrityError,
     RollbackError,
+    SaveError,
     SignatureError,
     UntrustedSignerError,
 )
@@ -89,6 +97,19 @@ _OLD_FORMATS = {"guarded-retriever/index/v1": "it keys documents and revocations
                 "manifests still verify) into an index of this version and save that"}
 _CONTEXT = b"guarded-retriever/index-manifest/v1\n"
 _MANIFEST, _SIGNATURE = "MANIFEST.json", "MANIFEST.sig"
+MAX_MANIFEST_BYTES = 64 << 20
+"""A manifest lists about 20 files per shard (~2 kB): this allows some 30,000 shards."""
+_MAX_SIGNATURE_BYTES = 1024
+
+
+def _read_capped(path: Path, cap: int, root: Path) -> bytes:
+    """A small file's bytes, refusing (before reading) one larger than ``cap``."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(cap + 1) if size <= cap else b""
+    if size > cap or len(data) > cap:
+        raise IntegrityError(f"{root}: {path.name} is larger than the {cap} bytes it may be")
+    return data
 
 
 def _sha256(path: Path) -> str:
@@ -204,9 +225,12 @@ def save_index(index: GuardedIndex, path: str | Path, *, signer: ManifestSigner 
     dest = Path(path)
     if dest.exists():
         raise IntegrityError(f"{dest} exists: save into a new directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the destination, then rename: a crash never leaves a half-written index there.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Write next to the destination, then rename: a crash never leaves a half-written index there.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as exc:
+        raise SaveError(exc.errno, f"cannot save to {dest}: {exc.strerror or exc}") from exc
     try:
         with index._write_lock:
             shards = []
@@ -228,7 +252,9 @@ def save_index(index: GuardedIndex, path: str | Path, *, signer: ManifestSigner 
             with sqlite3.connect(tmp / "ledger.sqlite") as backup:
                 index.ledger.backup_to(backup)
             backup.close()
-        files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        written = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
+        files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in written}
+        sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in written}
         generation = index.generation + 1
         manifest = orjson.dumps({
             "format": FORMAT,
@@ -236,13 +262,21 @@ def save_index(index: GuardedIndex, path: str | Path, *, signer: ManifestSigner 
             "created": time.time(),
             "signer": signer.public_key if signer is not None else None,
             "files": files,
+            "sizes": sizes,  # signed, so load can stat before it reads (added within v2: optional)
         }, option=orjson.OPT_SORT_KEYS)
         (tmp / _MANIFEST).write_bytes(manifest)
         if signer is not None:
             (tmp / _SIGNATURE).write_text(signer.sign_bytes(_CONTEXT + manifest).hex(), encoding="ascii")
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        # A full or read-only disk surfaces as OSError or as sqlite3's error from the ledger copy.
+        if isinstance(exc, OSError) and not isinstance(exc, GuardedRetrieverError):
+            raise SaveError(exc.errno, f"cannot save to {dest}: {exc.strerror or exc}; nothing was "
+                            "written there") from exc
+        if isinstance(exc, sqlite3.Error):
+            raise SaveError(f"cannot save to {dest}: the ledger copy failed ({exc}); nothing was "
+                            "written there") from exc
         raise
     index.generation = generation
     return dest
@@ -259,15 +293,23 @@ def _is_faiss(name: str) -> bool:
     return name.rsplit("/", 1)[-1] in ("faiss.index", "ivf.index")
 
 
-def _read_and_hash(path: Path, *, faiss_reader: bool = False) -> tuple[Any, str]:
-    """A file's bytes and their sha256. A FAISS index is read straight into the buffer FAISS
-    parses (a ``VectorIOReader``), which saves copying a 150 MB file into a second buffer."""
+def _read_and_hash(path: Path, size: int, *, faiss_reader: bool = False) -> tuple[Any, str]:
+    """A file's first ``size`` bytes (its checked size) and their sha256; ``""`` as the digest
+    when the file is not exactly ``size`` bytes long. A FAISS index is read straight into the
+    buffer FAISS parses (a ``VectorIOReader``), which saves copying a 150 MB file into a second
+    buffer."""
     if not faiss_reader:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size != size:  # swapped since it was checked: read nothing
+                return b"", ""
+            data = f.read(size)
+            if len(data) != size or f.read(1):
+                return data, ""  # changed while being read: reported as modified
         return data, hashlib.sha256(data).hexdigest()
     reader = faiss.VectorIOReader()
     with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        if os.fstat(f.fileno()).st_size != size:
+            return reader, ""
         reader.data.resize(size)
         view: memoryview = (faiss.rev_swig_ptr(reader.data.data(), size) if size else np.zeros(0, np.uint8)).data
         if f.readinto(view) != size or f.read(1):
@@ -300,8 +342,9 @@ def _check_generation(root: Path, found: int, min_generation: int | None, genera
 def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: bool,
                     pool: ThreadPoolExecutor | None = None, faiss_readers: bool = False, *,
                     min_generation: int | None = None, generation: int | None = None,
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check the signature, then read every listed file once and check its sha256.
+                    keep: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check the signature and every file's size, then read every listed file once and check
+    its sha256 (with ``keep=False`` hash each in a stream and keep nothing).
 
     Every value is the file's ``bytes``; with ``faiss_readers``, a ``faiss.index`` file's is the
     ``faiss.VectorIOReader`` holding its (verified) bytes instead.
@@ -310,7 +353,7 @@ def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: 
     writer could swap), and a name in the manifest can only point inside ``root``.
     """
     try:
-        raw = (root / _MANIFEST).read_bytes()
+        raw = _read_capped(root / _MANIFEST, MAX_MANIFEST_BYTES, root)
         manifest = orjson.loads(raw)
         files: dict[str, str] = dict(manifest["files"])
         signer = manifest.get("signer")
@@ -329,9 +372,13 @@ def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: 
         if not isinstance(signer, str) or signer not in set(trusted_signers):
             raise UntrustedSignerError(f"{root} is signed by {str(signer)[:16]}..., which is not trusted")
         try:
+            signature = _read_capped(sig_path, _MAX_SIGNATURE_BYTES, root)
+        except OSError as exc:
+            raise IntegrityError(f"{root}: cannot read {_SIGNATURE} ({exc})") from None
+        try:
             nacl.signing.VerifyKey(bytes.fromhex(signer)).verify(
-                _CONTEXT + raw, bytes.fromhex(sig_path.read_text(encoding="ascii").strip()))
-        except (ValueError, nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
+                _CONTEXT + raw, bytes.fromhex(signature.decode("ascii").strip()))
+        except (OSError, ValueError, nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
             raise SignatureError(f"{root}: the index signature does not verify ({exc})") from None
     elif signer is not None:
         # Signed once, signature gone: that is tampering, not an unsigned index.
@@ -339,6 +386,7 @@ def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: 
     elif not allow_unsigned:
         raise IntegrityError(f"{root} is unsigned; pass allow_unsigned=True to load it anyway")
     _check_generation(root, manifest["generation"], min_generation, generation)
+    signed_sizes = _signed_sizes(root, manifest, files)
     base = root.resolve()
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {_MANIFEST, _SIGNATURE}
     if present != set(files):
@@ -350,14 +398,27 @@ def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: 
         if base not in path.parents:
             raise IntegrityError(f"{root}: manifest entry {name!r} points outside the index")
         paths[name] = path
+    # Sizes before contents: a file that is not the size the signer wrote is refused before a
+    # byte of it is read, so a huge or sparse file swapped in costs no memory.
+    sizes = {name: _size(path) for name, path in paths.items()}
+    if signed_sizes is not None:
+        for name in files:  # report the first bad file in manifest order
+            if sizes[name] != signed_sizes[name]:
+                raise IntegrityError(f"{root}: {name} has been modified or truncated (it is {sizes[name]} "
+                                     f"bytes, not the {signed_sizes[name]} signed)")
     # Read and hash the files on a few threads (both release the GIL), largest first so the big
     # vector and FAISS files do not end up on the same thread. Each file is read once, into
     # memory: what is hashed is what gets parsed.
-    sizes = {name: _size(path) for name, path in paths.items()}
     order = sorted(files, key=lambda n: -sizes[n])
 
     def read_one(name: str) -> tuple[Any, str]:
-        return _read_and_hash(paths[name], faiss_reader=faiss_readers and _is_faiss(name))
+        if not keep:
+            return None, _sha256(paths[name])
+        if signed_sizes is None and _sha256(paths[name]) != files[name]:
+            # No signed size (a save from before sizes were signed): a stream first, so a file
+            # that does not match costs a chunk of memory, not its size.
+            return None, ""
+        return _read_and_hash(paths[name], sizes[name], faiss_reader=faiss_readers and _is_faiss(name))
 
     if pool is None or len(order) < 2:
         read = {name: read_one(name) for name in order}
@@ -368,8 +429,20 @@ def _verified_files(root: Path, trusted_signers: Iterable[str], allow_unsigned: 
         data, actual = read[name]
         if actual != digest:
             raise IntegrityError(f"{root}: {name} has been modified or truncated")
-        blobs[name] = data
+        if keep:
+            blobs[name] = data
     return dict(manifest), blobs
+
+
+def _signed_sizes(root: Path, manifest: dict[str, Any], files: dict[str, str]) -> dict[str, int] | None:
+    """The manifest's file sizes; ``None`` for a save written before sizes were signed."""
+    sizes = manifest.get("sizes")
+    if sizes is None:
+        return None
+    if (not isinstance(sizes, dict) or set(sizes) != set(files)
+            or not all(type(v) is int and v >= 0 for v in sizes.values())):
+        raise IntegrityError(f"{root}: {_MANIFEST} lists sizes that do not match its files")
+    return sizes
 
 
 def verify_saved(path: str | Path, *, trusted_signers: Iterable[str] = (), allow_unsigned: bool = False,
@@ -386,7 +459,7 @@ def verify_saved(path: str | Path, *, trusted_signers: Iterable[str] = (), allow
     """
     with ThreadPoolExecutor(_workers()) as pool:
         manifest, _ = _verified_files(Path(path), trusted_signers, allow_unsigned, pool,
-                                      min_generation=min_generation, generation=generation)
+                                      min_generation=min_generation, generation=generation, keep=False)
     return manifest
 
 

@@ -10,11 +10,17 @@
 
 A batch without a manifest scores 0, and an unsigned manifest can earn the domain and transport
 parts but never the signer part. Everything the policy refuses raises; nothing is silently demoted.
+
+A manifest is also refused outside its signed validity window or with a crawl time in the future
+(:class:`ManifestReplayError`, allowing ``clock_skew_seconds``), and one of ``schema_rev`` 1 (no
+namespace, batch or window signed) unless ``allow_legacy_manifests``. Which namespace a manifest
+may go to is the ledger's check, at commit: the policy does not see the batch's namespace.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,11 +28,13 @@ from pydantic import Field, field_validator
 
 from ._config import SettingsModel
 from ._exceptions import (
+    ManifestError,
+    ManifestReplayError,
     ManifestRequiredError,
     UntrustedSignerError,
     UntrustedSourceError,
 )
-from ._manifest import IngestManifest, SignedManifest
+from ._manifest import LEGACY_SCHEMA_REV, IngestManifest, SignedManifest
 
 __all__ = ["Provenance", "TrustPolicy", "provenance_score"]
 
@@ -104,6 +112,14 @@ class TrustPolicy(SettingsModel):
     """ed25519 public keys (64 hex digits) whose signatures are accepted."""
     reject_unlisted_domains: bool = False
     """Refuse, rather than merely score low, a source whose domain is not on the allowlist."""
+    require_manifest_namespace: bool = False
+    """Refuse a manifest that names no namespace, rather than bind it to the first namespace it
+    is ingested into (which still refuses it in any other)."""
+    allow_legacy_manifests: bool = False
+    """Accept ``schema_rev`` 1 manifests (signed with no namespace, batch id or validity window),
+    each bound to the first namespace it is ingested into. Off: re-sign them."""
+    clock_skew_seconds: float = Field(300.0, ge=0.0, le=86_400.0)
+    """How far the signer's clock may differ from this host's at the validity window's edges."""
 
     @field_validator("allowed_schemes")
     @classmethod
@@ -122,6 +138,21 @@ class TrustPolicy(SettingsModel):
             if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
                 raise ValueError(f"signer key {key[:16]!r}... must be 64 lowercase hex digits")
         return v
+
+    def _check_use(self, body: IngestManifest) -> None:
+        """Whether the (verified) manifest may be used now; its namespace is the ledger's check."""
+        if body.schema_rev == LEGACY_SCHEMA_REV:
+            if not self.allow_legacy_manifests:
+                raise ManifestError(
+                    f"manifest {body.manifest_id} is schema_rev 1: it signs no namespace, batch id or "
+                    "validity window, so any copy of it could be replayed. Re-sign the batch with "
+                    "ManifestSigner.sign_texts(texts, source_type=..., source_url=..., namespace=...), "
+                    "or accept it with TrustPolicy(allow_legacy_manifests=True)")
+            return
+        if body.namespace is None and self.require_manifest_namespace:
+            raise ManifestReplayError(f"manifest {body.manifest_id} names no namespace, and this policy "
+                                      "requires one: sign it with sign_texts(..., namespace=...)")
+        body.check_window(datetime.now(UTC), timedelta(seconds=self.clock_skew_seconds))
 
     def domain_trusted(self, host: str) -> bool:
         return any(host == d or host.endswith("." + d) for d in self.allowed_domains)
@@ -155,6 +186,7 @@ class TrustPolicy(SettingsModel):
                 raise UntrustedSignerError(f"signer {body.signer[:16]}... is not on the allowlist")
             signed_manifest.verify()
             signed = True
+        self._check_use(body)
         scheme, host = _host(body.source_url)
         if scheme not in self.allowed_schemes:
             raise UntrustedSourceError(

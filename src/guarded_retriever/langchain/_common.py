@@ -13,7 +13,7 @@ from langchain_core.documents import Document
 from langchain_core.runnables.config import run_in_executor
 
 from .._exceptions import ConfigError, NamespaceError, NamespaceViolation
-from .._index import GuardedIndex, Hit, SearchResult
+from .._index import GuardedIndex, Hit, SearchResult, _check_query
 from .._namespace import Namespace
 from ._stores import Nomination, StoreSide
 
@@ -157,6 +157,7 @@ class GuardedSearch:
         """Search namespace ``key``; the result, and what the base store nominated (if any)."""
         if self.side is None:
             return self.index.search(query, namespace=key, k=k), None
+        _check_query(query, self.index.config.max_query_chars)  # before the embedder sees it
         vector = _vector(self._embedder().embed_query(query))
         nomination = self.side.nominate(key, query, vector, self._pool(k))
         self._check(key, nomination)
@@ -173,6 +174,7 @@ class GuardedSearch:
                 None, partial(self.index.search, query, namespace=key, k=k)
             )
             return result, None
+        _check_query(query, self.index.config.max_query_chars)
         embedder = self._embedder()
         if hasattr(embedder, "aembed_query"):
             raw = await embedder.aembed_query(query)

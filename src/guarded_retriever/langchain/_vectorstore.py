@@ -27,6 +27,16 @@ from ._common import GuardedSearch, NamespaceLike, bind_namespace, copy_metadata
 from ._retriever import GuardedRetriever
 from ._stores import StoreProfile, StoreSide, store_id
 
+
+def _id_list(ids: Any) -> list[str]:
+    """LangChain ids as the core takes them (``str(i)`` of each, as LangChain stores do); one
+    string is refused, not read as its characters (``delete("doc-1")`` would delete ``"d"``...)."""
+    if isinstance(ids, str | bytes):
+        raise DocumentError(f"ids must be a list of ids, not one string: pass [{ids!r}]")
+    if not isinstance(ids, Iterable):
+        raise DocumentError(f"ids must be a list of ids, got {type(ids).__name__}")
+    return [str(i) for i in ids]
+
 __all__ = ["GuardedVectorStore"]
 
 _ADD_KWARGS = frozenset({"ids", "manifest", "namespace"})
@@ -308,7 +318,7 @@ class GuardedVectorStore(VectorStore):
 
     def _ids_to_delete(self, ids: Sequence[str] | None) -> list[str]:
         if ids is not None:
-            return [str(i) for i in ids]
+            return _id_list(ids)
         # delete(None) means "everything" in LangChain; for a guarded store, its namespace's all.
         return self.index.ids(namespace=self.namespace, include_quarantined=True)
 
@@ -336,7 +346,7 @@ class GuardedVectorStore(VectorStore):
         """The kept documents of the bound namespace with these ids (quarantined ones never)."""
         return [
             Document(page_content=r.text, metadata=copy_metadata(r.metadata), id=r.id)
-            for r in self.index.get([str(i) for i in ids], namespace=self.namespace)
+            for r in self.index.get(_id_list(ids), namespace=self.namespace)
         ]
 
     @override

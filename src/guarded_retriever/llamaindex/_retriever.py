@@ -15,11 +15,33 @@ from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, QueryType
 from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
-from .. import ConfigError, GuardedIndex, IngestReport, ManifestSigner, Namespace, SearchResult
+from .. import (
+    ConfigError,
+    DocumentError,
+    GuardedIndex,
+    IngestReport,
+    ManifestSigner,
+    Namespace,
+    QueryError,
+    SearchResult,
+)
 from .._incident import RevocationReport
+from .._index import _check_query
 from ._events import emit_guard_events
 from ._nodes import GUARD_METADATA_KEY, guarded_copy, guarded_text, node_from_hit
 from ._store import GuardedStores, Nominated
+
+
+def _node_ids(node_ids: Any) -> list[str]:
+    """Node ids for a delete: one string is refused, not read as its characters."""
+    if isinstance(node_ids, str | bytes):
+        raise DocumentError(f"node_ids must be a list of ids, not one string: pass [{node_ids!r}]")
+    if isinstance(node_ids, Mapping) or not isinstance(node_ids, Iterable):
+        raise DocumentError(f"node_ids must be a list of ids, got {type(node_ids).__name__}")
+    ids = list(node_ids)
+    if not all(isinstance(i, str) for i in ids):
+        raise DocumentError("node_ids must be str")
+    return ids
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._postprocessor import GuardedNodePostprocessor
@@ -211,14 +233,14 @@ class GuardedRetriever(BaseRetriever):
 
     def delete_nodes(self, node_ids: Iterable[str]) -> int:
         """Delete nodes of this namespace from the core and both stores; returns how many."""
-        removed, writes = self._stores.forget(self._namespace, list(node_ids))
+        removed, writes = self._stores.forget(self._namespace, _node_ids(node_ids))
         self._stores.write(writes)
         return removed
 
     async def adelete_nodes(self, node_ids: Iterable[str]) -> int:
         """:meth:`delete_nodes` without blocking the event loop."""
         removed, writes = await asyncio.to_thread(
-            self._stores.forget, self._namespace, list(node_ids))
+            self._stores.forget, self._namespace, _node_ids(node_ids))
         await self._stores.awrite(writes)
         return removed
 
@@ -314,9 +336,13 @@ class GuardedRetriever(BaseRetriever):
 
     # -- search ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _bundle(query: QueryType) -> QueryBundle:
-        return QueryBundle(query) if isinstance(query, str) else query
+    def _bundle(self, query: QueryType) -> QueryBundle:
+        """The query as a bundle, checked (type, length, surrogates) before the embedder sees it."""
+        bundle = QueryBundle(query) if isinstance(query, str) else query
+        if not isinstance(bundle, QueryBundle):
+            raise QueryError(f"query must be a str or a QueryBundle, got {type(query).__name__}")
+        _check_query(bundle.query_str, self.index.config.max_query_chars)
+        return bundle
 
     def search(self, query: QueryType, *, k: int | None = None) -> SearchResult:
         """The full guarded result (kept and quarantined hits, ΔS, alerts and the contract).
