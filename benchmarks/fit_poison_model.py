@@ -40,11 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 INJECTION_FAMILIES = {"bipia-text-injection": "bipia-text", "bipia-code-injection": "bipia-code",
                       "tensor-trust-extraction": "tensor-trust"}
 DEFAULT_BUNDLES = [ROOT.parent / "shared/redteam/dev", ROOT.parent / "shared/redteam/dev-families"]
-DECISIVE = {"injection": 0.9, "cluster_contrast": 0.6}
+DECISIVE = {"injection": 1.0, "cluster_contrast": 0.6}
 """The detectors that may decide alone, and the strength at which each alone reaches τ: chosen on
-clean corpora (injection probability 0.9, contrast 0.47 = above the 99.5th percentile of clean
-web, Wikipedia and news text), never fitted on attack labels, so a family left out of the fit
-cannot change them."""
+clean corpora (injection strength 1 = segment probability 0.9, see ``InjectionVerdict.strength``;
+contrast 0.47 = above the 99.5th percentile of clean web, Wikipedia and news text), never fitted
+on attack labels, so a family left out of the fit cannot change them."""
 
 
 def collect(bundle_dir: Path, config: gr.GuardConfig) -> tuple[list[str], np.ndarray, list[str]]:
@@ -191,7 +191,7 @@ def main() -> None:
         m = np.array([f == held for f in family])
         own = args.lofo_detectors / f"without-{INJECTION_FAMILIES.get(held, '')}.npz" if args.lofo_detectors else None
         if own is not None and own.is_file():
-            x[:, injection] = [v.probability for v in InjectionDetector.load(own).score_batch(texts)]
+            x[:, injection] = [v.strength for v in InjectionDetector.load(own).score_batch(texts)]
             held = f"{held} (detector without it too)"
         model = fit(~m)
         h = flagged(model)

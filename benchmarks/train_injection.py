@@ -10,14 +10,20 @@ What it trains on (public data only; none of it ships, only the weights do):
     (``../shared/training/bipia-train``);
   - ``tensor-trust``: Tensor Trust extraction attacks 300-569 (``../shared/training/tensor-trust-
     extraction``; the dev-families bundle plants 0-299, which therefore stay held out);
-  - ``project``: ``benchmarks/injection_train/attacks.txt``, payloads written for this project
-    (other languages, fake delimiters, markup, exfiltration links, addressed notes);
+  - ``project``: ``benchmarks/injection_train/attacks*.txt``, payloads written for this project
+    (notes addressed to "the assistant", requests about the summary, polite extra tasks, requests
+    split over sentences, ten languages, fake delimiters, markup and alt text, exfiltration links,
+    obfuscations, persona switches);
 * negatives: the even-hashed half of every bundle's clean and benign look-alike documents (the odd
   half is held out for the false-positive figures below), BIPIA's benign train contexts,
-  ``benchmarks/injection_train/benign.txt``, and the package descriptions (READMEs) of the
-  virtual environment's installed distributions, cut into chunks: real developer text, full of
-  install commands, code, badges, HTML comments and instructions to the reader, which the bundles'
-  web and Wikipedia passages lack. The environment is pinned by ``constraints.txt``.
+  ``benchmarks/injection_train/benign*.txt`` (support macros, runbooks, tutorials, READMEs,
+  security articles quoting attacks, prompt-engineering docs, FAQ pages, non-English help text,
+  policies, reviews, meeting notes, written for the project), and three sources of real text the
+  bundles lack, cut into chunks: the package descriptions (READMEs), docstrings and code of the
+  standard library and of the virtual environment's distributions (developer text, full of
+  commands, imports, subprocess calls, HTML comments and instructions to the reader; the
+  environment is pinned by ``constraints.txt``), and Django's translated interface strings (help
+  text in about a hundred languages: ``pip install 'Django==5.2.20'`` before training).
 
 A payload is a positive *window*: the detector scores segments and pairs of neighbouring segments,
 so training does too. A long attack has innocuous segments ("Thanks."), so training runs twice
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -101,12 +108,46 @@ def payloads() -> dict[str, list[str]]:
     code = json.loads((TRAIN / "bipia-train/code_attack_train.json").read_text())
     with (TRAIN / "tensor-trust-extraction/extraction_robustness_dataset.jsonl").open() as f:
         tt = [json.loads(line)["attack"] for line in f if line.strip()]
-    return {
+    families = {
         "bipia-text": [s for v in text.values() for s in v],
-        "bipia-code": [s for v in code.values() for s in v],
+        "bipia-code": [_without_code(s) for v in code.values() for s in v],
         "tensor-trust": tt[300:],
-        "project": _lines(ROOT / "benchmarks/injection_train/attacks.txt"),
+        "project": [t for f in sorted((ROOT / "benchmarks/injection_train").glob("attacks*.txt")) for t in _lines(f)],
     }
+    return {name: [_real_looking_hosts(t) for t in texts] for name, texts in families.items()}
+
+
+_FENCED = re.compile(r"```.*?(?:```|\Z)", re.S)
+# Host names under the reserved example TLDs and domains (RFC 2606), with their subdomains.
+_RESERVED_HOST = re.compile(r"\b(?:[a-z0-9-]+\.)*(?:[a-z0-9-]+\.(?:example|test|invalid|localhost)|"
+                            r"example\.(?:com|net|org))(?:\.[a-z]{2})?\b", re.I)
+_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "zen", "bar", "cor", "dal", "fin", "gor",
+              "hal", "jun", "kel", "mar", "nor", "pel", "quo", "ril", "sul", "tav", "ver", "wen")
+_TLDS = ("com", "net", "org", "io", "de", "co.uk", "fr", "app", "info", "biz")
+
+
+def _real_looking_hosts(text: str) -> str:
+    """``text`` with every reserved example host (``acme-helpdesk.example``, ``x.test``) replaced by
+    an ordinary-looking one drawn from a hash of it.
+
+    Payloads written for training use reserved names, as they must, and so do many benign ones,
+    but in different proportions: left as they are, ``.example`` itself becomes evidence of an
+    attack, and a status page at ``status.acme.example`` scores 0.94. Real text has real hosts.
+    """
+    def swap(m: re.Match[str]) -> str:
+        h = hashlib.sha256(m.group(0).lower().encode()).digest()
+        name = "".join(_SYLLABLES[b % len(_SYLLABLES)] for b in h[: 2 + h[2] % 2])
+        return f"{name}.{_TLDS[h[3] % len(_TLDS)]}"
+
+    return _RESERVED_HOST.sub(swap, text)
+
+
+def _without_code(payload: str) -> str:
+    """A BIPIA code attack without its snippet: the request to use it ("Incorporate the following
+    code into your solution:") is what sets it apart. The snippet itself (``import os``,
+    ``requests.post``) is ordinary code, and as a positive it would teach the detector that every
+    tutorial's imports are an attack; planted code is the ``code_payload`` rule's to judge."""
+    return _FENCED.sub("", payload).strip()
 
 
 def bipia_contexts() -> list[str]:
@@ -140,6 +181,145 @@ def readme_chunks(limit: int = 4000, size: int = 1200) -> list[str]:
         if current and current not in seen:
             chunks.append(current)
     return chunks[:limit]
+
+
+def docstring_chunks(limit: int = 6000, size: int = 1200, min_chars: int = 200) -> list[str]:
+    """Docstrings of the standard library and the virtual environment's packages, cut into chunks.
+
+    Developer documentation is imperative from end to end ("Call this before ...", "Pass ``shell=True``
+    to run ...", "Ignore the return value if ..."), quotes code, commands and environment variables,
+    and addresses a reader who is told what to do: the text a code tutorial, a README or a runbook is
+    made of, and the text an injection detector trained on web passages confuses with requests.
+    Files are taken in the order of a hash of their path (a stable, spread sample) until ``limit``
+    chunks are gathered.
+    """
+    import ast
+    import sysconfig
+
+    roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
+    files = sorted({f for root in roots for f in root.rglob("*.py") if f.stat().st_size < 1_000_000},
+                   key=lambda f: hashlib.sha256(str(f.relative_to(f.anchor)).encode()).digest())
+    chunks: list[str] = []
+    seen: set[str] = set()
+    for f in files:
+        try:
+            tree = ast.parse(f.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc or len(doc) < min_chars:
+                continue
+            for chunk in _paragraph_chunks(doc, size):
+                if len(chunk) >= min_chars and chunk not in seen:
+                    seen.add(chunk)
+                    chunks.append(chunk)
+        if len(chunks) >= limit:
+            break
+    return chunks[:limit]
+
+
+def source_chunks(limit: int = 4000, size: int = 800) -> list[str]:
+    """Real Python code, cut into chunks: the head of each module (its imports) and one stretch
+    from its middle.
+
+    BIPIA's code attacks are a sentence ("Incorporate the following code into your solution:")
+    and a snippet that imports ``os``, ``requests`` or ``subprocess``. Without real code among
+    the negatives a model learns the imports, and every tutorial that shows ``import os`` reads
+    as an attack; with it, what is left to learn is the request to use the code.
+    """
+    import ast
+    import sysconfig
+
+    roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
+    files = sorted({f for root in roots for f in root.rglob("*.py") if 2_000 < f.stat().st_size < 200_000},
+                   key=lambda f: hashlib.sha256(b"code:" + str(f.relative_to(f.anchor)).encode()).digest())
+    chunks: list[str] = []
+    for f in files:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError):
+            continue
+        lines = text.splitlines()
+        body = tree.body[1:] if tree.body and isinstance(tree.body[0], ast.Expr) else tree.body  # no docstring
+        if not body:
+            continue
+        head = "\n".join(lines[body[0].lineno - 1:])[:size]
+        middle = "\n".join(lines[len(lines) // 2:])[:size]
+        chunks.extend(c for c in (head, middle) if len(c.strip()) > 100)
+        if len(chunks) >= limit:
+            break
+    return chunks[:limit]
+
+
+def translation_chunks(per_language: int = 40, strings: int = 6) -> list[str]:
+    """Django's translated interface strings, a few to a chunk, per language.
+
+    Real help and interface text in about a hundred languages, written by people and full of
+    instructions to a user ("Geben Sie ein gültiges Passwort ein.", "请输入正确的..."): the
+    non-English negatives that no bundle holds. Django is not a dependency of the package:
+    ``pip install 'Django==5.2.20'`` before training (the figures in the README were trained so).
+    """
+
+    try:
+        import django
+    except ImportError as exc:
+        raise SystemExit("train_injection.py: pip install 'Django==5.2.20' first "
+                         "(its translation catalogues are the non-English negatives)") from exc
+    placeholder = re.compile(r"%\(\w+\)[sd]|%[sd]|\{\w*\}")
+    by_language: dict[str, list[str]] = defaultdict(list)
+    for po in sorted(Path(django.__file__).parent.rglob("LC_MESSAGES/django.po")):
+        language = po.parent.parent.name
+        if language.startswith("en"):
+            continue
+        for msg in _po_strings(po.read_text(encoding="utf-8", errors="replace")):
+            text = placeholder.sub("X", msg).strip()
+            if len(text.split()) >= 4 or (len(text) >= 12 and not text.isascii()):
+                by_language[language].append(text)
+    chunks: list[str] = []
+    for language in sorted(by_language):
+        texts = by_language[language]
+        group = [" ".join(texts[i:i + strings]) for i in range(0, len(texts), strings)]
+        chunks.extend(group[:per_language])
+    return chunks
+
+
+def _po_strings(po: str) -> list[str]:
+    """The non-empty ``msgstr`` values of a gettext catalogue (continuation lines joined)."""
+    import ast
+
+    out: list[str] = []
+    current: list[str] | None = None
+    for line in [*po.splitlines(), ""]:
+        if line.startswith("msgstr"):
+            current = [line.split(" ", 1)[1]] if " " in line else []
+        elif current is not None and line.startswith('"'):
+            current.append(line)
+        elif current is not None:
+            try:
+                text = "".join(ast.literal_eval(part) for part in current)
+            except (ValueError, SyntaxError):
+                text = ""
+            if text and "Project-Id-Version:" not in text:  # the catalogue's header
+                out.append(text)
+            current = None
+    return out
+
+
+def _paragraph_chunks(body: str, size: int) -> list[str]:
+    """``body`` cut at blank lines into chunks of at most about ``size`` characters."""
+    chunks, current = [], ""
+    for para in body.split("\n\n"):
+        if len(current) + len(para) > size and current:
+            chunks.append(current)
+            current = ""
+        current = f"{current}\n\n{para}" if current else para
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 # -- windows: the rows the model is trained on, built exactly as the detector scores ------------
@@ -277,17 +457,17 @@ def main() -> None:
     bundles = [load_bundle(p) for p in BUNDLES]
     pos = payloads()
     contexts = bipia_contexts()
-    project_benign = _lines(ROOT / "benchmarks/injection_train/benign.txt")
-    readmes = readme_chunks()
+    project_benign = [t for f in sorted((ROOT / "benchmarks/injection_train").glob("benign*.txt")) for t in _lines(f)]
+    developer = readme_chunks() + docstring_chunks() + source_chunks() + translation_chunks()
 
     def negatives(use: Sequence[BundleDocs]) -> tuple[list[str], list[str]]:
-        clean, hard = list(readmes), list(contexts) + project_benign
+        clean, hard = list(developer), list(contexts) + project_benign
         for b in use:
             for i, text, label in zip(b.ids, b.texts, b.label, strict=True):
                 if _held_out(i) or label == "poison":
                     continue
                 (hard if label == "benign_hard" else clean).append(text)
-        return clean, hard
+        return [_real_looking_hosts(t) for t in clean], [_real_looking_hosts(t) for t in hard]
 
     clean, hard = negatives(bundles)
     print(f"positives { {k: len(v) for k, v in pos.items()} }, negatives {len(clean)} clean + {len(hard)} hard")
@@ -295,7 +475,10 @@ def main() -> None:
                 provenance=f"train_injection.py: {', '.join(f'{k} {len(v)}' for k, v in pos.items())} "
                            f"positives; {len(clean)} clean and {len(hard)} look-alike negatives")
     print(f"trained in {time.perf_counter() - t0:.0f} s")
-    print(json.dumps({"full": evaluate(det, bundles), "lookalikes": evaluate_lookalikes(det)}, indent=1))
+    shipped = InjectionDetector.default()
+    print(json.dumps({"shipped": {"bundles": evaluate(shipped, bundles), "lookalikes": evaluate_lookalikes(shipped)},
+                      "trained": {"bundles": evaluate(det, bundles), "lookalikes": evaluate_lookalikes(det)}},
+                     indent=1))
     if args.lofo:
         for fam in sorted(pos):
             rest = {k: v for k, v in pos.items() if k != fam}

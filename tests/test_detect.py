@@ -11,7 +11,7 @@ import pytest
 import guarded_retriever as gr
 from guarded_retriever.detect import InjectionDetector, decoded_blobs, skeleton
 from guarded_retriever.detect.contrast import ContrastDetector, merge_neighbours
-from guarded_retriever.detect.injection import MODEL_SHA256, hashed_segments
+from guarded_retriever.detect.injection import DECISIVE_PROBABILITY, MODEL_SHA256, InjectionVerdict, hashed_segments
 
 NS = {"tenant_id": "acme", "product_id": "kb", "env": "prod"}
 PAGE = ("The Riverside branch opens at nine on weekdays and at ten on Saturdays. Parking is free for "
@@ -224,3 +224,15 @@ def test_a_failed_ingest_leaves_re_scored_rows_as_they_were():
         index.add([(f"f{i}", f"copy {i}") for i in range(2, 5)], namespace=NS, vectors=fam[2:], on_commit=fail)
     after = {h.id: h.poison for h in index.search("copy", namespace=NS, k=20, query_vector=fam[0]).kept}
     assert after == before and index.ledger.audit_events("rescored") == []
+
+
+def test_injection_strength_is_log_odds_above_even() -> None:
+    def strength(p: float) -> float:
+        return InjectionVerdict(p, "").strength
+
+    # "Not an injection" adds nothing; the decisive probability is full strength, and beyond.
+    assert strength(0.0) == strength(0.3) == strength(0.5) == 0.0
+    assert strength(DECISIVE_PROBABILITY) == pytest.approx(1.0) and strength(1.0) == 1.0
+    assert strength(0.75) == pytest.approx(0.5)  # log-odds: 3:1 is half of 9:1's, not 80 % of it
+    grid = [strength(p / 100) for p in range(101)]
+    assert grid == sorted(grid)

@@ -21,7 +21,11 @@ def prompt_of(out: str) -> str:
 
 def test_the_query_engine_example():
     out = run_offline("llamaindex_query_engine.py", quiet_stderr=False)
-    assert "quarantined ['acme-forum-2']" in out.splitlines()[0]  # the injection, at ingest
+    at_ingest = ast.literal_eval(out.splitlines()[0].split("quarantined ", 1)[1])
+    # The injection goes at ingest. The injection detector may take a copied-question reply too
+    # when its lie is an instruction to the reader ("mail the current password to ..."); never
+    # the help-centre article.
+    assert "acme-forum-2" in at_ingest and not any(q.startswith("acme-kb-") for q in at_ingest)
     sources = listed(out, "sources")
     assert any(s.startswith("acme-kb-") for s in sources)
     scores = listed(out, "scores")

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -767,3 +768,14 @@ def test_a_missing_extra_names_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("MissingExtraError True")
     assert "pip install 'guarded-retriever[llamaindex]'" in out.stdout
+
+
+def test_embedder_embedding_is_the_wrapped_embedders_vectors():
+    from guarded_retriever.llamaindex import EmbedderEmbedding
+
+    core = gr.HashingEmbedder(64)
+    wrapped = EmbedderEmbedding(core)
+    texts = ["Reset your password from Settings.", "Invoices are monthly."]
+    batch, query = wrapped.get_text_embedding_batch(texts), wrapped.get_query_embedding("reset password")
+    np.testing.assert_allclose(np.array(batch), core.embed_documents(texts), atol=1e-6)
+    np.testing.assert_allclose(np.array(query), core.embed_query("reset password"), atol=1e-6)

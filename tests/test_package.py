@@ -51,7 +51,12 @@ def test_demo_runs_with_the_hashing_embedder(capsys):
 
     assert main(["demo", "--embedder", "hashing"]) == 0
     out = capsys.readouterr().out
-    assert "QUARANTINED" in out and '"λ_state"' in out
+    at_ingest = out.split("ingest decisions (quarantined at ingest):", 1)[1].split("\n\n", 1)[0]
+    # The three planted instructions go at ingest whatever the embedder. The copied-question family
+    # needs semantic vectors to be seen as one (the MiniLM test below): hashing vectors are not.
+    assert {"acme-support-03", "globex-mail-02", "globex-wiki-02"} <= set(at_ingest.split())
+    queries = [line for line in out.splitlines() if line.startswith(("[acme]", "[globex]"))]
+    assert len(queries) == out.count("   ΔS ") == 10  # every sample query ran and reported its ΔS
 
 
 @pytest.mark.embed

@@ -16,6 +16,7 @@ import pytest
 import guarded_retriever as gr
 from guarded_retriever._ingest import MAX_TEXT_LENGTH, IngestPipeline
 from guarded_retriever.cli import main
+from guarded_retriever.detect import InjectionVerdict
 from guarded_retriever.redteam import (
     BundleRun,
     _build,
@@ -497,7 +498,10 @@ def test_shipped_model_is_the_documented_artefact() -> None:
         if name not in ("injection", "cluster_contrast"):
             assert score(**{name: 1.0}) < tau, name
     # The calibrated detectors decide alone; the copied question decides with its family.
-    assert score(injection=0.9) >= tau and score(injection=0.8) < tau
+    # (injection strength 1 is a segment probability of 0.9; under one half it is 0.)
+    assert score(injection=1.0) >= tau and score(injection=0.9) < tau
+    assert score(code_payload=1.0, injection=InjectionVerdict(0.45, "").strength) < tau
+    assert score(code_payload=1.0, injection=InjectionVerdict(0.75, "").strength) >= tau
     assert score(cluster_contrast=0.6) >= tau and score(cluster_contrast=0.4) < tau
     assert score(query_echo=1.0, paraphrase_cluster=1.0) >= tau
     assert score(instruction_override=1.0, assistant_directive=1.0) >= tau

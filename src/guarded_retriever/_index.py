@@ -855,7 +855,7 @@ class GuardedIndex:
                 tokens = tokenize(canonical)
                 own = document_features(d.text, canonical, tokens)
                 padded = [*own, *([0.0] * (len(FEATURES) - len(own)))]
-                padded[_INJECTION] = self.pipeline.detector.score(d.text).probability
+                padded[_INJECTION] = self.pipeline.detector.score(d.text).strength
                 feats = tuple(padded)
                 p, why = self.model.score(feats)
                 row = Row(id=d.id, text=d.text, canonical=canonical, metadata=dict(d.metadata),

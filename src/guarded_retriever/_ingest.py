@@ -235,7 +235,7 @@ class IngestPipeline:
         features[:, : _BURST] = [document_features(d.text, c, t)[:_BURST]
                                  for d, c, t in zip(docs, canon, tokens, strict=True)]
         features[:, _BURST] = self._burst(ns.key, [d.id for d in docs], simhashes)
-        features[:, _INJECTION] = [v.probability for v in self.detector.score_batch([d.text for d in docs])]
+        features[:, _INJECTION] = [v.strength for v in self.detector.score_batch([d.text for d in docs])]
 
         judged = self.judge([d.text for d in docs]) if self.judge is not None else None
         if judged is not None and len(judged) != len(docs):

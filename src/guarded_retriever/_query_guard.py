@@ -11,7 +11,8 @@
 ``paraphrase_cluster``
     An attacker plants several mutually paraphrasing passages so one of them survives any
     de-duplication and together they dominate the top-k. The strength is the number of other
-    candidates with cosine ≥ θ (``GuardConfig.paraphrase_cosine``), divided by 3 and capped at 1.
+    candidates with cosine ≥ θ (``GuardConfig.paraphrase_cosine``), divided by 2 and capped at 1:
+    a family of three is full strength.
 
 :class:`FamilyCap` is the backstop for a family that no signal reaches τ on: at most
 ``GuardConfig.family_cap`` mutual paraphrases enter the kept top-k ahead of the rest of the pool.
@@ -91,12 +92,12 @@ def query_echo(query_canonical: str, query_tokens: Sequence[str], passage_canoni
 
 
 def paraphrase_cluster(vectors: np.ndarray, threshold: float) -> np.ndarray:
-    """Per candidate: other candidates at cosine ≥ ``threshold``, divided by 3 and capped at 1."""
+    """Per candidate: other candidates at cosine ≥ ``threshold``, divided by 2 and capped at 1."""
     if len(vectors) < 2:
         return np.zeros(len(vectors))
     gram = vectors @ vectors.T
     neighbours = (gram >= threshold).sum(axis=1) - 1  # minus itself
-    result: np.ndarray = np.minimum(1.0, neighbours / 3.0)
+    result: np.ndarray = np.minimum(1.0, neighbours / 2.0)
     return result
 
 

@@ -40,9 +40,9 @@ import numpy as np
 from .._exceptions import ConfigError, IntegrityError
 from ._views import decoded_blobs, skeleton
 
-__all__ = ["MODEL_SHA256", "InjectionDetector", "InjectionVerdict", "hashed_segments"]
+__all__ = ["DECISIVE_PROBABILITY", "MODEL_SHA256", "InjectionDetector", "InjectionVerdict", "hashed_segments"]
 
-MODEL_SHA256 = "6bc14f61123f540565a37f1f7144953b3213be5158c71aa7ce0ad246ddf46bfb"
+MODEL_SHA256 = "7b1aaf442588c75d22ce1dee0e91b22d1821dd5e881a1f5a66af61469e095b35"
 """sha256 of the shipped ``data/injection_model.npz``; a different file refuses to load."""
 
 _P = np.uint64(0x100000001B3)  # FNV-64 prime: odd, so it has an inverse modulo 2**64
@@ -204,12 +204,30 @@ def hashed_segments(text: str, bits: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.concatenate(parts_b), np.concatenate(parts_s), starts
 
 
+DECISIVE_PROBABILITY = 0.9
+"""The segment probability at which :attr:`InjectionVerdict.strength` is 1: the detector alone
+then quarantines (the poison model gives ``injection`` the weight that reaches τ at 1)."""
+_DECISIVE_LOGIT = math.log(DECISIVE_PROBABILITY / (1 - DECISIVE_PROBABILITY))
+
+
 @dataclass(frozen=True, slots=True)
 class InjectionVerdict:
     """The strongest segment of a document: its probability and the segment's text."""
 
     probability: float
     segment: str
+
+    @property
+    def strength(self) -> float:
+        """The evidence the poison score reads, in [0, 1]: the segment's log-odds above even, over
+        those of :data:`DECISIVE_PROBABILITY`.
+
+        A probability under one half is the detector saying "not an injection", so it adds
+        nothing: read as a probability, a tutorial at 0.3 plus one code rule crossed τ. Log-odds
+        are what a logistic combination adds, so 0.75 counts half as much as 0.9, not 80 %.
+        """
+        p = min(max(self.probability, 1e-12), 1.0 - 1e-12)
+        return min(1.0, max(0.0, math.log(p / (1.0 - p)) / _DECISIVE_LOGIT))
 
 
 class InjectionDetector:

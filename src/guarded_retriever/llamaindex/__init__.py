@@ -10,7 +10,8 @@ imports LlamaIndex; this module does, when you import it.
   quarantines the nodes of *any* retriever, for an index you already run.
 * :class:`QuarantineEvent` and :class:`NamespaceViolationEvent` reach your instrumentation event
   handlers whenever the guard withholds something.
-* :class:`HashingEmbedding` is an offline, deterministic embed model for tests and examples.
+* :class:`EmbedderEmbedding` turns any of the package's embedders (``MiniLMEmbedder``) into a
+  LlamaIndex embed model; :class:`HashingEmbedding` is an offline, deterministic one for tests.
 
 Every node either class returns carries the guard's findings under one metadata key,
 :data:`GUARD_METADATA_KEY` (``metadata_key=`` changes it, ``None`` leaves the metadata alone), which
@@ -42,7 +43,7 @@ except ImportError as exc:
     # Keep the cause: a broken transitive dependency should not read as "not installed" only.
     raise MissingExtraError("llamaindex", "llama_index.core") from exc
 
-from ._embedding import HashingEmbedding
+from ._embedding import EmbedderEmbedding, HashingEmbedding
 from ._events import NamespaceViolationEvent, QuarantineEvent
 from ._nodes import GUARD_METADATA_KEY, guarded_text
 from ._postprocessor import GuardedNodePostprocessor
@@ -50,6 +51,7 @@ from ._retriever import GuardedRetriever
 
 __all__ = [
     "GUARD_METADATA_KEY",
+    "EmbedderEmbedding",
     "GuardedNodePostprocessor",
     "GuardedRetriever",
     "HashingEmbedding",

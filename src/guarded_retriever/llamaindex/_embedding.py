@@ -1,4 +1,4 @@
-"""An offline embed model for tests, examples and notebooks."""
+"""The package's embedders as LlamaIndex embed models: any of them, and an offline one for tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,41 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from .. import HashingEmbedder
 
-__all__ = ["HashingEmbedding"]
+__all__ = ["EmbedderEmbedding", "HashingEmbedding"]
+
+
+class EmbedderEmbedding(BaseEmbedding):
+    """Any embedder of this package (``MiniLMEmbedder``, ``HashingEmbedder``, or an object with
+    ``embed_query`` and ``embed_documents``) as a LlamaIndex embed model, so a LlamaIndex face
+    embeds its queries with the very model that embedded the core index's documents.
+
+    Args:
+        embedder: the embedder to wrap.
+    """
+
+    model_name: str = "guarded-retriever-embedder"
+    _embedder: Any = PrivateAttr()
+
+    def __init__(self, embedder: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._embedder = embedder
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GuardedRetrieverEmbedderEmbedding"
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        vector: Embedding = [float(x) for x in self._embedder.embed_query(query)]
+        return vector
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return self._get_query_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._get_text_embeddings([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return [[float(x) for x in row] for row in self._embedder.embed_documents(texts)]
 
 
 class HashingEmbedding(BaseEmbedding):
