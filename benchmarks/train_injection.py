@@ -183,6 +183,17 @@ def readme_chunks(limit: int = 4000, size: int = 1200) -> list[str]:
     return chunks[:limit]
 
 
+def _python_files(min_size: int, max_size: int, *, salt: bytes = b"") -> list[Path]:
+    """The ``.py`` files of the standard library and the virtual environment of ``min_size`` to
+    ``max_size`` bytes (``max_size`` excluded), in the order of a salted hash of their paths: a
+    stable, spread sample that a limit can cut anywhere."""
+    import sysconfig
+
+    roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
+    return sorted({f for root in roots for f in root.rglob("*.py") if min_size <= f.stat().st_size < max_size},
+                  key=lambda f: hashlib.sha256(salt + str(f.relative_to(f.anchor)).encode()).digest())
+
+
 def docstring_chunks(limit: int = 6000, size: int = 1200, min_chars: int = 200) -> list[str]:
     """Docstrings of the standard library and the virtual environment's packages, cut into chunks.
 
@@ -194,11 +205,8 @@ def docstring_chunks(limit: int = 6000, size: int = 1200, min_chars: int = 200) 
     chunks are gathered.
     """
     import ast
-    import sysconfig
 
-    roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
-    files = sorted({f for root in roots for f in root.rglob("*.py") if f.stat().st_size < 1_000_000},
-                   key=lambda f: hashlib.sha256(str(f.relative_to(f.anchor)).encode()).digest())
+    files = _python_files(0, 1_000_000)
     chunks: list[str] = []
     seen: set[str] = set()
     for f in files:
@@ -231,11 +239,8 @@ def source_chunks(limit: int = 4000, size: int = 800) -> list[str]:
     as an attack; with it, what is left to learn is the request to use the code.
     """
     import ast
-    import sysconfig
 
-    roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
-    files = sorted({f for root in roots for f in root.rglob("*.py") if 2_000 < f.stat().st_size < 200_000},
-                   key=lambda f: hashlib.sha256(b"code:" + str(f.relative_to(f.anchor)).encode()).digest())
+    files = _python_files(2_001, 200_000, salt=b"code:")
     chunks: list[str] = []
     for f in files:
         text = f.read_text(encoding="utf-8", errors="replace")

@@ -562,10 +562,8 @@ class GuardedIndex:
             # mostly measure topicality (the relevant passages of a query resemble each other),
             # and penalising that would cost clean ranking quality for no protection. So the
             # survivors keep the pool's order, but for the family cap.
-            crowded = FamilyCap(pool_vectors, cfg.paraphrase_cosine, cfg.family_cap)
+            crowded: FamilyCap[Hit] = FamilyCap(pool_vectors, cfg.paraphrase_cosine, cfg.family_cap)
             window = min(k, cfg.family_window)
-            deferred: list[tuple[int, Hit]] = []
-            n_deferred = 0
             for j, (i, r, (p, why, feats)) in enumerate(zip(pool, pool_rows, verdicts, strict=True)):
                 row = rows[r]
                 if revoked and row.content_hash in revoked:
@@ -581,24 +579,16 @@ class GuardedIndex:
                         continue
                     hit = self._hit(row, cands, i, fused_at[i], p, why, None, feats)
                     if len(kept) < window and crowded(j, kept_at):
-                        deferred.append((j, hit))
+                        crowded.hold(j, hit)
                         continue
                     kept.append(hit)
                     kept_at.append(j)
-                    if len(kept) == window and deferred:  # the window is full: the family resumes
-                        n_deferred += len(deferred)
-                        for jd, deferred_hit in deferred[: k - len(kept)]:
-                            kept.append(deferred_hit)
-                            kept_at.append(jd)
-                        deferred = []
-            if deferred:  # the pool ran out before the window filled
-                n_deferred += len(deferred)
-                for jd, deferred_hit in deferred[: k - len(kept)]:
-                    kept.append(deferred_hit)
-                    kept_at.append(jd)
-            if n_deferred:
+                    if len(kept) == window:  # the window is full: the family resumes
+                        crowded.release(kept, kept_at, k)
+            crowded.release(kept, kept_at, k)  # the pool ran out before the window filled
+            if crowded.deferred:
                 alerts.append("paraphrase_family_capped")
-                self.stats["family_deferred"] += n_deferred
+                self.stats["family_deferred"] += crowded.deferred
             top = pool_rows[0]
             if rows[top].provenance < cfg.low_provenance_alert:
                 alerts.append("low_provenance_top")

@@ -23,12 +23,15 @@ query whose whole pool is one family still gets k passages.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 import numpy as np
 
 __all__ = ["EchoScorer", "FamilyCap", "paraphrase_cluster", "query_echo"]
 
 _MIN_QUERY_TOKENS = 4
+
+T = TypeVar("T")
 
 
 class EchoScorer:
@@ -101,21 +104,38 @@ def paraphrase_cluster(vectors: np.ndarray, threshold: float) -> np.ndarray:
     return result
 
 
-class FamilyCap:
-    """Whether a pool candidate would be one paraphrase too many among the hits kept so far.
+class FamilyCap(Generic[T]):
+    """Whether a pool candidate would be one paraphrase too many among the hits kept so far, and
+    the hits held back for that until the window is full.
 
     Honest top-k lists rarely hold three passages at cosine ≥ 0.85 of each other (mirrors and
     catalogue variants do, and lose nothing by being spread out); planted families are written to.
     The pool's Gram matrix is built on the first check, so a query that keeps nothing pays nothing.
     """
 
-    __slots__ = ("_cap", "_gram", "_threshold", "_vectors")
+    __slots__ = ("_cap", "_gram", "_held", "_threshold", "_vectors", "deferred")
 
     def __init__(self, vectors: np.ndarray, threshold: float, cap: int | None) -> None:
         self._vectors = vectors
         self._threshold = threshold
         self._cap = cap
         self._gram: np.ndarray | None = None
+        self._held: list[tuple[int, T]] = []
+        self.deferred = 0
+        """How many hits were held back (whether or not they found room after)."""
+
+    def hold(self, position: int, hit: T) -> None:
+        """Hold back the hit at pool ``position`` until :meth:`release`."""
+        self._held.append((position, hit))
+        self.deferred += 1
+
+    def release(self, kept: list[T], kept_at: list[int], k: int) -> None:
+        """Append the held hits, in pool order, to ``kept`` (and their positions to ``kept_at``)
+        while fewer than ``k`` are kept; the rest are dropped from the hold."""
+        for position, hit in self._held[: max(0, k - len(kept))]:
+            kept.append(hit)
+            kept_at.append(position)
+        self._held = []
 
     def __call__(self, position: int, kept: Sequence[int]) -> bool:
         """True when ``position`` has at least ``cap`` paraphrases among the ``kept`` positions."""

@@ -12,25 +12,10 @@ from .. import HashingEmbedder
 __all__ = ["EmbedderEmbedding", "HashingEmbedding"]
 
 
-class EmbedderEmbedding(BaseEmbedding):
-    """Any embedder of this package (``MiniLMEmbedder``, ``HashingEmbedder``, or an object with
-    ``embed_query`` and ``embed_documents``) as a LlamaIndex embed model, so a LlamaIndex face
-    embeds its queries with the very model that embedded the core index's documents.
+class _CoreEmbedding(BaseEmbedding):
+    """A LlamaIndex embed model that delegates to one of the package's embedders (``_embedder``)."""
 
-    Args:
-        embedder: the embedder to wrap.
-    """
-
-    model_name: str = "guarded-retriever-embedder"
     _embedder: Any = PrivateAttr()
-
-    def __init__(self, embedder: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._embedder = embedder
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "GuardedRetrieverEmbedderEmbedding"
 
     def _get_query_embedding(self, query: str) -> Embedding:
         vector: Embedding = [float(x) for x in self._embedder.embed_query(query)]
@@ -46,7 +31,27 @@ class EmbedderEmbedding(BaseEmbedding):
         return [[float(x) for x in row] for row in self._embedder.embed_documents(texts)]
 
 
-class HashingEmbedding(BaseEmbedding):
+class EmbedderEmbedding(_CoreEmbedding):
+    """Any embedder of this package (``MiniLMEmbedder``, ``HashingEmbedder``, or an object with
+    ``embed_query`` and ``embed_documents``) as a LlamaIndex embed model, so a LlamaIndex face
+    embeds its queries with the very model that embedded the core index's documents.
+
+    Args:
+        embedder: the embedder to wrap.
+    """
+
+    model_name: str = "guarded-retriever-embedder"
+
+    def __init__(self, embedder: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._embedder = embedder
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GuardedRetrieverEmbedderEmbedding"
+
+
+class HashingEmbedding(_CoreEmbedding):
     """:class:`guarded_retriever.HashingEmbedder` as a LlamaIndex embed model.
 
     Deterministic, dependency-free and offline: the same vector on every machine, nothing to
@@ -61,7 +66,6 @@ class HashingEmbedding(BaseEmbedding):
     model_name: str = "guarded-retriever-hashing"
     dim: int = Field(default=384, ge=8, description="The embedding dimension.")
     seed: int = Field(default=0, description="The hashing seed.")
-    _embedder: HashingEmbedder = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
@@ -70,17 +74,3 @@ class HashingEmbedding(BaseEmbedding):
     @classmethod
     def class_name(cls) -> str:
         return "GuardedRetrieverHashingEmbedding"
-
-    def _get_query_embedding(self, query: str) -> Embedding:
-        vector: Embedding = self._embedder.embed_query(query).tolist()
-        return vector
-
-    async def _aget_query_embedding(self, query: str) -> Embedding:
-        return self._get_query_embedding(query)
-
-    def _get_text_embedding(self, text: str) -> Embedding:
-        return self._get_query_embedding(text)
-
-    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        vectors: list[Embedding] = self._embedder.embed_documents(texts).tolist()
-        return vectors
